@@ -1,0 +1,78 @@
+"""Identifiers of a ROI and how they become safe file names."""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+
+from engine.errors import BadInput
+
+RESERVED_RECIPES = frozenset({"last"})
+MAX_ID_LENGTH = 200
+
+
+def b64_name(value: str) -> str:
+    """URL-safe base64 without padding: any id round-trips and never contains '/' or '..'."""
+    return base64.urlsafe_b64encode(value.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def from_b64_name(name: str) -> str:
+    return base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode("utf-8")
+
+
+def normalise_recipe_id(recipe_id: str | None) -> str:
+    """Lower-cased, sanitised to [a-z0-9._-], ``default`` when empty; ``last`` is reserved."""
+    if recipe_id is None or not str(recipe_id).strip():
+        return "default"
+    cleaned = re.sub(r"[^a-z0-9._-]", "_", str(recipe_id).strip().lower())[:80].strip(".")
+    if not cleaned:
+        return "default"
+    if cleaned in RESERVED_RECIPES:
+        raise BadInput(f"recipe_id {recipe_id!r} is reserved")
+    return cleaned
+
+
+def legacy_sanitize(value: str) -> str:
+    """The seed backend's pre-base64 file-name rule, used only to find legacy files."""
+    cleaned = "".join(c if c.isalnum() or c in "-_" else "_" for c in value.strip())
+    return cleaned or "default"
+
+
+def check_id(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BadInput(f"{name} must be a non-empty string")
+    if len(value) > MAX_ID_LENGTH or any(ord(c) < 32 for c in value):
+        raise BadInput(f"{name} must be at most {MAX_ID_LENGTH} printable characters")
+    return value
+
+
+@dataclass(frozen=True)
+class RoiKey:
+    """``(recipe_id, model_key, role_id, roi_id)``; ``model_key`` defaults to ``roi_id``."""
+
+    role_id: str
+    roi_id: str
+    recipe_id: str = "default"
+    model_key: str = ""
+
+    @classmethod
+    def of(
+        cls,
+        role_id: object,
+        roi_id: object,
+        recipe_id: str | None = None,
+        model_key: str | None = None,
+    ) -> RoiKey:
+        role = check_id("role_id", role_id)
+        roi = check_id("roi_id", roi_id)
+        key = check_id("model_key", model_key) if model_key else roi
+        return cls(role, roi, normalise_recipe_id(recipe_id), key)
+
+    @property
+    def model_dir_name(self) -> str:
+        return b64_name(self.model_key or self.roi_id)
+
+    @property
+    def base_name(self) -> str:
+        return f"{b64_name(self.role_id)}__{b64_name(self.roi_id)}"

@@ -1,0 +1,153 @@
+"""Models and calibrations on disk (contract section 4).
+
+    models/recipes/<recipe_id>/<b64(model_key)>/<b64(role)>__<b64(roi)>.npz
+    models/recipes/<recipe_id>/<b64(model_key)>/<b64(role)>__<b64(roi)>_calib.json
+
+The seeds' legacy layouts (``models/<role>/<roi>/memory.npz`` and a flat
+``models/<role>_<roi>.npz``) are read, never written. No answer depends on an
+in-process cache: ``signature()`` lets callers notice a refit by another process.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.atomic import atomic_write, atomic_write_json
+from engine.errors import CorruptArtifact
+from engine.keys import RoiKey, legacy_sanitize
+from engine.memory import Memory, MemoryInfo
+
+Signature = tuple[int, int, int]  # (inode, size, mtime_ns): changes on every atomic replace
+
+
+class ModelStore:
+    def __init__(self, models_dir: Path) -> None:
+        self.root = Path(models_dir)
+
+    # -- paths --------------------------------------------------------------------
+
+    def model_dir(self, key: RoiKey) -> Path:
+        return self.root / "recipes" / key.recipe_id / key.model_dir_name
+
+    def memory_path(self, key: RoiKey) -> Path:
+        return self.model_dir(key) / f"{key.base_name}.npz"
+
+    def calibration_path(self, key: RoiKey) -> Path:
+        return self.model_dir(key) / f"{key.base_name}_calib.json"
+
+    def _legacy_candidates(self, key: RoiKey, suffix: str, legacy_file: str) -> list[Path]:
+        if key.recipe_id != "default" or key.model_key != key.roi_id:
+            return []  # the legacy backends knew neither recipes nor model keys
+        role, roi = legacy_sanitize(key.role_id), legacy_sanitize(key.roi_id)
+        return [self.root / f"{role}_{roi}{suffix}", self.root / role / roi / legacy_file]
+
+    def _existing(self, current: Path, legacy: list[Path]) -> Path | None:
+        for path in (current, *legacy):
+            if path.is_file():
+                return path
+        return None
+
+    def find_memory(self, key: RoiKey) -> Path | None:
+        return self._existing(
+            self.memory_path(key), self._legacy_candidates(key, ".npz", "memory.npz")
+        )
+
+    def find_calibration(self, key: RoiKey) -> Path | None:
+        return self._existing(
+            self.calibration_path(key), self._legacy_candidates(key, "_calib.json", "calib.json")
+        )
+
+    # -- memory -------------------------------------------------------------------
+
+    def signature(self, key: RoiKey) -> Signature | None:
+        path = self.find_memory(key)
+        if path is None:
+            return None
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+    def save_memory(self, key: RoiKey, memory: Memory) -> Path:
+        path = self.memory_path(key)
+        metadata = json.dumps(memory.info.to_json())
+
+        def write(handle: Any) -> None:
+            np.savez(
+                handle,
+                emb=np.asarray(memory.bank, dtype=np.float16),
+                sources=np.asarray(memory.sources, dtype=np.int32),
+                token_h=np.int64(memory.token_shape[0]),
+                token_w=np.int64(memory.token_shape[1]),
+                metadata=np.array(metadata),
+            )
+
+        atomic_write(path, write)
+        return path
+
+    def load_memory(self, key: RoiKey) -> Memory | None:
+        """The stored memory, or None when the ROI was never fitted.
+
+        Raises ``CorruptArtifact`` when a file exists but cannot be read.
+        """
+        path = self.find_memory(key)
+        return None if path is None else read_memory(path)
+
+    def delete_memory(self, key: RoiKey) -> bool:
+        removed = False
+        for path in (self.memory_path(key), self.calibration_path(key)):
+            if path.is_file():
+                path.unlink()
+                removed = True
+        return removed
+
+    # -- calibration --------------------------------------------------------------
+
+    def save_calibration(self, key: RoiKey, calibration: dict[str, Any]) -> Path:
+        path = self.calibration_path(key)
+        atomic_write_json(path, calibration)
+        return path
+
+    def load_calibration(self, key: RoiKey) -> dict[str, Any] | None:
+        path = self.find_calibration(key)
+        if path is None:
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CorruptArtifact(f"calibration {path.name} is unreadable: {exc}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("threshold"), int | float):
+            raise CorruptArtifact(f"calibration {path.name} has no numeric threshold")
+        return data
+
+
+def read_memory(path: Path) -> Memory:
+    try:
+        data = path.read_bytes()
+        with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+            bank = np.asarray(stored["emb"])
+            token_shape = (int(stored["token_h"]), int(stored["token_w"]))
+            sources = (
+                np.asarray(stored["sources"], dtype=np.int32)
+                if "sources" in stored.files
+                else np.zeros(len(bank), dtype=np.int32)
+            )
+            raw_meta = str(stored["metadata"][()]) if "metadata" in stored.files else "{}"
+        metadata = json.loads(raw_meta) if raw_meta else {}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise CorruptArtifact(f"memory {path.name} is unreadable: {exc}") from None
+    if bank.ndim != 2 or len(sources) != len(bank) or len(bank) == 0:
+        raise CorruptArtifact(f"memory {path.name} has a malformed bank {bank.shape}")
+    info = MemoryInfo.from_json(metadata if isinstance(metadata, dict) else {}, len(bank))
+    if not info.created_at:
+        mtime = os.stat(path).st_mtime
+        info = MemoryInfo.from_json({**metadata, "created_at": str(mtime)}, len(bank))
+    return Memory(bank, sources, token_shape, info)

@@ -1,0 +1,1 @@
+"""Synthetic brake-disc images for tests, benchmarks and the demo."""
