@@ -1,3 +1,5 @@
+import contextlib
+
 import numpy as np
 
 from engine.coreset import CoresetConfig, coreset_size, greedy_k_center
@@ -28,7 +30,10 @@ def test_greedy_covers_clustered_data_better_than_random_choice() -> None:
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(40, 64)) * 5
     points = np.concatenate(
-        [c + rng.normal(size=(int(rng.integers(10, 200)), 64)) * rng.uniform(0.2, 2) for c in centres]
+        [
+            c + rng.normal(size=(int(rng.integers(10, 200)), 64)) * rng.uniform(0.2, 2)
+            for c in centres
+        ]
     ).astype(np.float16)
 
     def radius(idx: np.ndarray) -> float:
@@ -49,10 +54,8 @@ def test_checkpoint_is_polled_and_can_abort() -> None:
         if len(calls) == 2:
             raise InterruptedError
 
-    try:
+    with contextlib.suppress(InterruptedError):
         greedy_k_center(points, 1000, checkpoint=checkpoint)
-    except InterruptedError:
-        pass
     assert len(calls) == 2
 
 

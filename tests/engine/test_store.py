@@ -148,7 +148,9 @@ def test_datasets_add_list_delete_clear(tmp_path: Path) -> None:
     assert first.image != second.image and first.image.name.startswith("OK_")
     assert first.image.suffix == ".png" and first.image.read_bytes() == png
     meta = json.loads(first.image.with_suffix(".json").read_text())
-    assert meta["mm_per_px"] == 0.2 and meta["role_id"] == "Inspection" and len(meta["sha256"]) == 64
+    assert (
+        meta["mm_per_px"] == 0.2 and meta["role_id"] == "Inspection" and len(meta["sha256"]) == 64
+    )
     assert [s.image for s in datasets.list(key, "ok")] == sorted([first.image, second.image])
     assert datasets.scale(key) == 0.2 and datasets.count(key, "ng") == 0
     with pytest.raises(BadInput):

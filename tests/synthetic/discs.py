@@ -241,11 +241,11 @@ def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
 
 def _cov(signed_distance: F32) -> F32:
     """Pixel coverage from a signed distance in pixels (> 0 inside): a 1 px anti-aliased edge."""
-    return np.clip(signed_distance + np.float32(0.5), 0.0, 1.0)
+    return np.asarray(np.clip(signed_distance + np.float32(0.5), 0.0, 1.0), dtype=np.float32)
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: float) -> F32:
-    """(h, w) float32 low-frequency noise in about [-1, 1], ``cells`` blobs across the short side."""
+    """(h, w) float32 smooth noise in about [-1, 1], ``cells`` blobs across the short side."""
     short = min(h, w)
     gh = max(2, math.ceil(cells * h / short) + 1)
     gw = max(2, math.ceil(cells * w / short) + 1)
@@ -313,7 +313,8 @@ def _render_base(rng: np.random.Generator, geo: _Geometry) -> _Base:
     # Friction face: concentric turning marks whose pitch wanders slightly with radius, as a
     # lathe feed never is perfectly even; 2.6 px minimum keeps small crops from aliasing.
     level = _u(rng, 0.50, 0.60)
-    pitch = max(s / 100.0, 2.6) * _u(rng, 0.85, 1.15)
+    # One lathe program per line: the pitch varies little from disc to disc.
+    pitch = max(s / 100.0, 2.6) * _u(rng, 0.97, 1.03)
     wobble_pitch = pitch * _u(rng, 12.0, 30.0)
     wobble = _u(rng, 0.3, 1.2)
     ph1, ph2 = _u(rng, 0.0, _TWO_PI), _u(rng, 0.0, _TWO_PI)
@@ -325,7 +326,8 @@ def _render_base(rng: np.random.Generator, geo: _Geometry) -> _Base:
 
     # Turned metal reflects as a bow-tie: brightness follows cos(2*theta). Using the double
     # angle identities on dx, dy avoids an arctan2 over the whole image.
-    sheen_dir = _u(rng, 0.0, math.pi)
+    # An inspection station's lamps are fixed: the sheen's direction only jitters a little.
+    sheen_dir = _u(rng, 0.35, 0.65)
     sheen = _u(rng, 0.03, 0.07)
     inv_r2 = np.float32(1.0) / np.maximum(r2, np.float32(1.0))
     cos2 = (dx * dx - dy * dy) * inv_r2
@@ -365,10 +367,11 @@ def _render_base(rng: np.random.Generator, geo: _Geometry) -> _Base:
     hub_cover *= np.float32(1.0) - lug_cover
     under += (hub - under) * hub_cover
 
-    # Lighting: a gain, an offset and a linear gradient in a random direction.
+    # Lighting: a gain, an offset and a gentle gradient in a random direction (controlled
+    # station lighting drifts a few percent, it does not swing).
     light_dir = _u(rng, 0.0, _TWO_PI)
-    slope = _u(rng, 0.0, 0.25) / s
-    gain = _u(rng, 0.85, 1.10)
+    slope = _u(rng, 0.0, 0.08) / s
+    gain = _u(rng, 0.94, 1.05)
     light = np.float32(gain) * (
         np.float32(1.0)
         + np.float32(slope * math.cos(light_dir)) * dx
@@ -552,7 +555,7 @@ def _draw_crack(
         across -= across[0]
         d = np.array([math.cos(angle), math.sin(angle)])
         n = np.array([-d[1], d[0]])
-        return start + along[:, None] * d + across[:, None] * n
+        return np.asarray(start + along[:, None] * d + across[:, None] * n, dtype=np.float64)
 
     def propose(shrink: float) -> F32:
         # Radial cracks run between the drilled holes.
@@ -638,9 +641,7 @@ def _draw_rust(
     local = alpha[y0:y1, x0:x1]
     ph, pw = local.shape
     red = _u(rng, 0.55, 0.72)
-    colour = np.array(
-        [red, red * _u(rng, 0.42, 0.55), red * _u(rng, 0.16, 0.28)], dtype=np.float32
-    )
+    colour = np.array([red, red * _u(rng, 0.42, 0.55), red * _u(rng, 0.16, 0.28)], dtype=np.float32)
     # Corrosion texture: patchy brightness, darker pockets and grainy speckle.
     mottle = _smooth_noise(rng, ph, pw, max(3.0, min(ph, pw) / 6.0))
     shade = np.float32(0.9) + np.float32(0.25) * mottle
@@ -660,15 +661,18 @@ def _draw_edge_chip(
     hole_ring = _HOLE_RING * s * geo.scale
     min_r = hole_ring + geo.hole_r + max(0.012 * s, 2.0)
     disc = _cov(np.float32(geo.r_outer) - base.r) >= 0.5
-    n_vertices = 11
+    n_vertices = 24
 
     def propose(shrink: float) -> F32:
         radius = max(_u(rng, 0.05, 0.065) * s * shrink, 5.0)
         a = _u(rng, 0.0, _TWO_PI)
         rc = geo.r_outer + _u(rng, 0.0, 0.3) * radius
         angles = _TWO_PI / n_vertices * np.arange(n_vertices)
-        angles += rng.uniform(-0.2, 0.2, n_vertices)
-        radii = radius * rng.uniform(0.65, 1.15, n_vertices)
+        # Conchoidal bite: a lumpy round outline (two low harmonics) with a little jag.
+        lumps = sum(
+            _u(rng, 0.08, 0.18) * np.cos(k * angles + _u(rng, 0.0, _TWO_PI)) for k in (2, 3)
+        )
+        radii = radius * (1.0 + lumps + rng.uniform(-0.06, 0.06, n_vertices))
         pts = np.stack(
             [
                 geo.cx + rc * math.cos(a) + radii * np.cos(angles),
@@ -695,7 +699,7 @@ def _draw_edge_chip(
     return mask, None
 
 
-_Drawer = Callable[[np.random.Generator, _Geometry, _Base], tuple[BoolArray, "_Patch | None"]]
+_Drawer = Callable[[np.random.Generator, _Geometry, _Base], tuple[BoolArray, _Patch | None]]
 
 _DRAWERS: dict[str, _Drawer] = {
     "scratch": _draw_scratch,
