@@ -25,6 +25,7 @@ from engine.roi_mask import ShapeSpec, parse_shape, shape_mask
 from engine.scoring import anomaly_map, masked_score
 
 Checkpoint = Callable[[], None]
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
 OK_SCALE_SAMPLES = 8  # fit images scored leave-one-out to measure the memory's OK scale
 
 
@@ -79,10 +80,16 @@ class PatchCore:
         extractor: FeatureExtractor,
         config: PatchCoreConfig | None = None,
         cache: EmbeddingCache | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.extractor = extractor
         self.config = config or PatchCoreConfig()
         self.cache = cache
+        self.progress = progress  # long fits report here (the CLI prints it)
+
+    def _report(self, stage: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(stage, done, total)
 
     # -- embeddings ---------------------------------------------------------------
 
@@ -119,6 +126,7 @@ class PatchCore:
             else:
                 missing.append(i)
         step = max(1, self.config.max_batch)
+        self._report("embedding", len(samples) - len(missing), len(samples))
         for start in range(0, len(missing), step):
             chunk = missing[start : start + step]
             for i, embedded in zip(
@@ -128,6 +136,9 @@ class PatchCore:
                 out[i] = Embedded(features, embedded.image_hw)
                 if self.cache is not None:
                     self.cache.put(feature_id, samples[i].sha256, features, embedded.image_hw)
+            self._report(
+                "embedding", len(samples) - len(missing) + start + len(chunk), len(samples)
+            )
             if checkpoint is not None:
                 checkpoint()
         return [e for e in out if e is not None]
@@ -156,9 +167,11 @@ class PatchCore:
         all_sources = np.concatenate(sources)
         cfg = self.config.coreset
         size = coreset_size(len(all_patches), cfg)
+        self._report("coreset", 0, size)
         chosen = greedy_k_center(
             all_patches, size, cfg.projection_dim, cfg.seed, checkpoint=checkpoint
         )
+        self._report("coreset", size, size)
         info = MemoryInfo(
             model_version=new_model_version(),
             created_at=utc_now_iso(),

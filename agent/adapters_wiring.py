@@ -1,0 +1,33 @@
+"""Which adapters ``run`` starts: each enabled one whose module is present."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+
+from agent.config import Settings
+
+if TYPE_CHECKING:
+    from agent.bootstrap import Adapter, Agent
+
+log = structlog.get_logger("agent")
+
+
+def build_adapters(settings: Settings, agent: Agent) -> list[Adapter]:
+    adapters: list[Adapter] = []
+    for name, enabled in (
+        ("mqtt", settings.mqtt.enabled),
+        ("folders", settings.folders.enabled),
+        ("http", settings.http.enabled),
+    ):
+        if not enabled:
+            log.info("adapter disabled", adapter=name)
+            continue
+        try:
+            module = __import__(f"adapters.{name}", fromlist=["create"])
+        except ModuleNotFoundError:
+            log.warning("adapter not available in this build", adapter=name)
+            continue
+        adapters.append(module.create(settings, agent))
+    return adapters

@@ -1,0 +1,128 @@
+"""The one place that wires settings, engine, store, worker, bus and adapters."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from agent.bus import Bus
+from agent.config import Settings, load_roi_defaults
+from agent.journal import Journal
+from agent.model_cache import ModelCache
+from agent.services import Services
+from agent.stats import Stats
+from agent.worker import Worker
+from engine.coreset import CoresetConfig
+from engine.datasets import DatasetStore
+from engine.embedding_cache import EmbeddingCache
+from engine.errors import ModelUnavailable
+from engine.features import BackboneConfig, FeatureExtractor
+from engine.patchcore import PatchCore, PatchCoreConfig
+from engine.preprocess import DecodeLimits
+from engine.store import ModelStore
+
+log = structlog.get_logger("agent")
+
+
+class Adapter(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+@dataclass
+class Agent:
+    settings: Settings
+    services: Services
+    bus: Bus
+    worker: Worker
+    adapters: list[Adapter] = field(default_factory=list)
+
+    def start(self, load_model: bool = True) -> None:
+        self.worker.start()
+        if load_model:
+            threading.Thread(target=self.load_model, name="model-loader", daemon=True).start()
+        for adapter in self.adapters:
+            adapter.start()
+
+    def load_model(self) -> None:
+        services = self.services
+        try:
+            services.core.extractor.load()
+        except ModelUnavailable as exc:
+            services.model_state, services.model_error = "error", str(exc)
+            log.error("model unavailable", reason=str(exc))
+            return
+        except Exception as exc:  # a broken install must not kill the adapters
+            services.model_state = "error"
+            services.model_error = f"model failed to load ({type(exc).__name__}: {exc})"
+            log.exception("model failed to load")
+            return
+        services.model_state = "ready"
+        extractor = services.core.extractor
+        log.info(
+            "model loaded",
+            weights=extractor.weights.label,
+            weights_sha256=extractor.weights.sha256[:16],
+            device=extractor.device,
+        )
+
+    def stop(self, timeout: float | None = 60.0) -> None:
+        for adapter in reversed(self.adapters):
+            adapter.stop()
+        self.worker.stop(timeout)
+        self.services.journal.close()
+
+
+def build_engine(settings: Settings) -> PatchCore:
+    backbone = BackboneConfig(
+        weights=settings.backbone_weights,
+        device=settings.device,
+        precision=settings.precision,
+        layers=tuple(settings.layers),
+        threads=settings.threads,
+        input_size=settings.input_size,
+    )
+    config = PatchCoreConfig(
+        coreset=CoresetConfig(
+            rate=settings.coreset_rate,
+            min_size=settings.coreset_min,
+            max_size=settings.coreset_max,
+            projection_dim=settings.projection_dim,
+        ),
+        metric=settings.metric,
+        blur_sigma=settings.blur_sigma,
+        max_batch=settings.max_batch,
+        limits=DecodeLimits(settings.max_image_bytes, settings.max_image_pixels),
+    )
+    cache = EmbeddingCache(settings.data_root / "cache" / "embeddings")
+    return PatchCore(FeatureExtractor(backbone), config, cache)
+
+
+def bootstrap(
+    settings: Settings,
+    core: PatchCore | None = None,
+    adapters: list[Adapter] | None = None,
+) -> Agent:
+    """Build an agent; nothing starts until ``Agent.start()``.
+
+    ``core`` lets tests share one loaded backbone between several agents.
+    """
+    models = ModelStore(settings.models_root)
+    services = Services(
+        settings=settings,
+        models=models,
+        datasets=DatasetStore(settings.data_root / "datasets"),
+        cache=ModelCache(models),
+        core=core or build_engine(settings),
+        journal=Journal(settings.data_root / "journal" / "requests.sqlite"),
+        roi_defaults=load_roi_defaults(settings.rois_file),
+    )
+    if services.core.extractor.loaded:
+        services.model_state = "ready"
+    stats = Stats()
+    worker = Worker(services, stats)
+    bus = Bus(services, worker, stats)
+    return Agent(settings, services, bus, worker, list(adapters or []))

@@ -1,0 +1,294 @@
+"""What each command does. Handlers run on the worker thread, which owns the engine."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent.commands import (
+    AddNg,
+    CalibrateNg,
+    Command,
+    DatasetClear,
+    DatasetDelete,
+    DatasetList,
+    FitOk,
+    Infer,
+    InferBatch,
+    Manifest,
+    RoiCommand,
+)
+from agent.errors import AgentError
+from agent.services import Services
+from engine.calibration import choose_threshold
+from engine.datasets import StoredSample
+from engine.errors import BadInput, NotFitted
+from engine.keys import RoiKey
+from engine.manifest import roi_manifest
+from engine.memory import Memory, check_scale, utc_now_iso
+from engine.patchcore import Sample
+from engine.preprocess import decode_image
+from engine.verdict import judge
+
+Body = dict[str, Any]
+Checkpoint = Callable[[], None]
+
+
+def roi_key(cmd: RoiCommand) -> RoiKey:
+    return RoiKey.of(cmd.role_id, cmd.roi_id, cmd.recipe_id, cmd.model_key)
+
+
+def _stored_sample(sample: StoredSample, services: Services) -> Sample:
+    def load() -> Any:
+        return decode_image(sample.image.read_bytes(), services.limits)
+
+    return Sample(sample.sha256, load)
+
+
+def _require_memory(services: Services, key: RoiKey) -> Memory:
+    memory = services.cache.get(key)
+    if memory is None:
+        raise NotFitted(f"ROI {key.role_id}/{key.roi_id} has no memory yet; run fit_ok first")
+    return memory
+
+
+def _store_images(
+    services: Services, cmd: FitOk | AddNg, key: RoiKey, label: str
+) -> list[StoredSample]:
+    # Every image is decoded before any is stored: a bad one refuses the whole command.
+    for i, data in enumerate(cmd.images):
+        try:
+            decode_image(data, services.limits)
+        except BadInput as exc:
+            raise BadInput(f"images[{i}]: {exc}") from None
+    meta = {"mm_per_px": cmd.mm_per_px, "source": cmd.source, "request_id": cmd.request_id}
+    return [services.datasets.add(key, label, data, meta) for data in cmd.images]
+
+
+def fit_ok(cmd: FitOk, services: Services, checkpoint: Checkpoint) -> Body:
+    start = time.perf_counter()
+    key = roi_key(cmd)
+    check_scale(services.datasets.scale(key, "ok"), cmd.mm_per_px, "OK dataset")
+    stored = _store_images(services, cmd, key, "ok")
+    body: Body = {
+        "ok_added": len(stored),
+        "samples": [s.to_dict() for s in stored],
+        "memory_fit": cmd.memory_fit,
+    }
+    if cmd.memory_fit:
+        body.update(refit(services, key, cmd.mm_per_px, cmd.shape, checkpoint))
+    body["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 1)
+    return body
+
+
+def refit(
+    services: Services,
+    key: RoiKey,
+    mm_per_px: float | None,
+    shape: dict[str, Any] | None,
+    checkpoint: Checkpoint,
+) -> Body:
+    """Rebuild the ROI's memory from its whole OK dataset (the contract's accumulation)."""
+    samples = services.datasets.list(key, "ok")
+    if not samples:
+        raise BadInput(f"ROI {key.role_id}/{key.roi_id} has no OK samples to fit")
+    defaults = services.defaults_for(key)
+    shape = shape or (defaults.shape if defaults else None)
+    scale = mm_per_px or services.datasets.scale(key, "ok")
+    memory = services.core.fit(
+        [_stored_sample(s, services) for s in samples], scale, shape, checkpoint
+    )
+    services.models.save_memory(key, memory)
+    services.cache.put(key, memory)
+    services.roi_changed(key)
+    info = memory.info
+    return {
+        "n_embeddings": info.n_embeddings,
+        "coreset_size": info.coreset_size,
+        "token_shape": list(memory.token_shape),
+        "coreset_rate_requested": info.coreset_rate_requested,
+        "coreset_rate_applied": round(info.coreset_rate_applied, 6),
+        "n_samples": info.n_samples,
+        "model_version": info.model_version,
+    }
+
+
+def add_ng(cmd: AddNg, services: Services, checkpoint: Checkpoint) -> Body:
+    key = roi_key(cmd)
+    memory = services.cache.get(key)
+    reference = memory.info.mm_per_px if memory else services.datasets.scale(key, "ok")
+    check_scale(reference, cmd.mm_per_px, "ROI")
+    stored = _store_images(services, cmd, key, "ng")
+    return {"ng_added": len(stored), "samples": [s.to_dict() for s in stored]}
+
+
+def calibrate_ng(cmd: CalibrateNg, services: Services, checkpoint: Checkpoint) -> Body:
+    key = roi_key(cmd)
+    memory = _require_memory(services, key)
+    settings = services.settings
+    if cmd.mm_per_px is not None:
+        check_scale(memory.info.mm_per_px, cmd.mm_per_px)
+    if cmd.ok_scores is not None:
+        ok_scores, ng_scores = list(cmd.ok_scores), list(cmd.ng_scores or [])
+        method = "given"
+    else:
+        shape = memory.info.shape
+        ok_samples = services.datasets.list(key, "ok")
+        ng_samples = services.datasets.list(key, "ng")
+        if not ok_samples:
+            raise BadInput("no ok_scores given and the ROI has no stored OK samples to score")
+        ok_scores = services.core.loo_scores(
+            memory, [_stored_sample(s, services) for s in ok_samples], shape, checkpoint
+        )
+        ng_scores = services.core.loo_scores(
+            memory, [_stored_sample(s, services) for s in ng_samples], shape, checkpoint
+        )
+        method = "self_scored"
+    percentile = cmd.score_percentile or settings.score_percentile
+    choice = choose_threshold(ok_scores, ng_scores, percentile)
+    area = cmd.area_mm2_thr if cmd.area_mm2_thr is not None else settings.area_mm2_thr
+    calibration = {
+        "threshold": choice.threshold,
+        "ok_mean": choice.ok_mean,
+        "ng_mean": choice.ng_mean,
+        "p99_ok": choice.p99_ok,
+        "p5_ng": choice.p5_ng,
+        "n_ok": choice.n_ok,
+        "n_ng": choice.n_ng,
+        "mm_per_px": cmd.mm_per_px or memory.info.mm_per_px,
+        "area_mm2_thr": area,
+        "score_percentile": percentile,
+        "model_version": memory.info.model_version,
+        "method": method,
+        "created_at": utc_now_iso(),
+    }
+    services.models.save_calibration(key, calibration)
+    services.roi_changed(key)
+    return {k: v for k, v in calibration.items() if k != "created_at"}
+
+
+def infer_many(cmds: list[Infer], services: Services) -> list[Body | AgentError]:
+    """Several infers (one part's ROIs, or micro-batched callers) in one backbone pass."""
+    start = time.perf_counter()
+    prepared: list[tuple[Infer, RoiKey, Memory, Any] | AgentError] = []
+    for cmd in cmds:
+        try:
+            key = roi_key(cmd)
+            memory = _require_memory(services, key)
+            check_scale(memory.info.mm_per_px, cmd.mm_per_px)
+            prepared.append((cmd, key, memory, decode_image(cmd.image, services.limits)))
+        except Exception as exc:
+            prepared.append(AgentError.from_exception(exc))
+    ready = [p for p in prepared if not isinstance(p, AgentError)]
+    embedded = iter(services.core.embed([image for *_, image in ready]) if ready else [])
+    shared_ms = (time.perf_counter() - start) * 1000
+    out: list[Body | AgentError] = []
+    for item in prepared:
+        if isinstance(item, AgentError):
+            out.append(item)
+            continue
+        try:
+            out.append(_judge_one(services, *item[:3], next(embedded), shared_ms / len(ready)))
+        except Exception as exc:
+            out.append(AgentError.from_exception(exc))
+    return out
+
+
+def _judge_one(
+    services: Services, cmd: Infer, key: RoiKey, memory: Memory, embedded: Any, shared_ms: float
+) -> Body:
+    start = time.perf_counter()
+    calibration = services.models.load_calibration(key)
+    if cmd.require_calibration and calibration is None:
+        raise AgentError(
+            "not_calibrated",
+            f"ROI {key.role_id}/{key.roi_id} is not calibrated; run calibrate_ng first",
+        )
+    defaults = services.defaults_for(key)
+    shape = cmd.shape or (defaults.shape if defaults else None) or memory.info.shape
+    prediction = services.core.predict_embedded(memory, embedded, shape)
+    verdict = judge(
+        prediction,
+        memory,
+        calibration,
+        cmd.mm_per_px,
+        services.settings.area_mm2_thr,
+        heatmap=cmd.heatmap,
+    )
+    body: Body = {
+        "role_id": cmd.role_id,
+        "roi_id": cmd.roi_id,
+        "score": verdict.score,
+        "threshold": verdict.threshold,
+        "is_anomaly": verdict.is_anomaly,
+        "token_shape": list(verdict.token_shape),
+        "regions": [region.to_dict() for region in verdict.regions],
+        "model_version": memory.info.model_version,
+    }
+    if verdict.heatmap_png is not None:
+        body["heatmap_png_base64"] = base64.b64encode(verdict.heatmap_png).decode("ascii")
+    body["inference_ms"] = round(shared_ms + (time.perf_counter() - start) * 1000, 2)
+    return body
+
+
+def infer_batch(cmd: InferBatch, services: Services, checkpoint: Checkpoint) -> Body:
+    results = infer_many(list(cmd.items), services)
+    items = []
+    for item, result in zip(cmd.items, results, strict=True):
+        if isinstance(result, AgentError):
+            items.append({"ok": False, "request_id": item.request_id, "error": result.body()})
+        else:
+            items.append({"ok": True, "request_id": item.request_id, **result})
+    return {"results": items}
+
+
+def manifest(cmd: Manifest, services: Services, checkpoint: Checkpoint) -> Body:
+    return roi_manifest(services.models, services.datasets, roi_key(cmd))
+
+
+def dataset_list(cmd: DatasetList, services: Services, checkpoint: Checkpoint) -> Body:
+    key = roi_key(cmd)
+    labels = [cmd.label] if cmd.label else ["ok", "ng"]
+    out: Body = {}
+    for label in labels:
+        samples = services.datasets.list(key, label)
+        out[label] = {
+            "count": len(samples),
+            "files": [
+                {"file": s.image.name, "mm_per_px": s.mm_per_px, "meta": s.meta} for s in samples
+            ],
+        }
+    return out
+
+
+def dataset_delete(cmd: DatasetDelete, services: Services, checkpoint: Checkpoint) -> Body:
+    deleted = services.datasets.delete(roi_key(cmd), cmd.label, cmd.file)
+    return {"deleted": deleted, "label": cmd.label, "file": cmd.file}
+
+
+def dataset_clear(cmd: DatasetClear, services: Services, checkpoint: Checkpoint) -> Body:
+    return {"deleted": services.datasets.clear(roi_key(cmd), cmd.label), "label": cmd.label}
+
+
+def single_infer(cmd: Infer, services: Services, checkpoint: Checkpoint) -> Body:
+    (result,) = infer_many([cmd], services)
+    if isinstance(result, AgentError):
+        raise result
+    return result
+
+
+Handler = Callable[[Any, Services, Checkpoint], Body]
+
+HANDLERS: dict[type[Command], Handler] = {
+    FitOk: fit_ok,
+    AddNg: add_ng,
+    CalibrateNg: calibrate_ng,
+    Infer: single_infer,
+    InferBatch: infer_batch,
+    Manifest: manifest,
+    DatasetList: dataset_list,
+    DatasetDelete: dataset_delete,
+    DatasetClear: dataset_clear,
+}

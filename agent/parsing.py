@@ -1,0 +1,273 @@
+"""Wire payloads (dicts from MQTT JSON, HTTP forms, sidecars) -> typed commands.
+
+One place decides what a valid field is, so every adapter refuses the same input with
+the same message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.commands import (
+    COMMANDS,
+    AddNg,
+    CalibrateNg,
+    Command,
+    DatasetClear,
+    DatasetDelete,
+    DatasetList,
+    FitOk,
+    Health,
+    Infer,
+    InferBatch,
+    Manifest,
+)
+from agent.errors import AgentError, bad_request
+from engine.errors import EngineError
+from engine.keys import check_id, normalise_recipe_id
+from engine.roi_mask import parse_shape
+
+MAX_BATCH_ITEMS = 64
+
+
+def request_id_of(payload: Mapping[str, Any] | None) -> str | None:
+    """The caller's request id if one can be read, for error replies to bad messages."""
+    if not isinstance(payload, Mapping):
+        return None
+    value = payload.get("request_id")
+    return value if isinstance(value, str) and 0 < len(value) <= 200 else None
+
+
+def parse_command(
+    name: str,
+    payload: Mapping[str, Any],
+    source: str,
+    image_roots: Sequence[Path] = (),
+    deadline: float | None = None,
+) -> Command:
+    """Raises ``AgentError`` (bad_request / payload_too_large) naming the bad field."""
+    cls = COMMANDS.get(name)
+    if cls is None:
+        raise bad_request(f"unknown command {name!r}; one of {sorted(COMMANDS)}")
+    if not isinstance(payload, Mapping):
+        raise bad_request("the payload must be a JSON object")
+    try:
+        return _build(cls, payload, source, image_roots, deadline)
+    except EngineError as exc:
+        raise AgentError.from_exception(exc) from None
+
+
+def _build(
+    cls: type[Command],
+    p: Mapping[str, Any],
+    source: str,
+    roots: Sequence[Path],
+    deadline: float | None,
+) -> Command:
+    common: dict[str, Any] = {
+        "request_id": request_id_of(p) or str(uuid.uuid4()),
+        "recipe_id": normalise_recipe_id(_opt_str(p, "recipe_id")),
+        "source": source,
+        "deadline": deadline,
+    }
+    if cls is Health:
+        return Health(**common)
+    if cls is InferBatch:
+        items = p.get("items")
+        if not isinstance(items, list) or not items:
+            raise bad_request("items must be a non-empty list of infer inputs")
+        if len(items) > MAX_BATCH_ITEMS:
+            raise bad_request(f"items holds {len(items)} entries, at most {MAX_BATCH_ITEMS}")
+        parsed = []
+        for i, item in enumerate(items):
+            if not isinstance(item, Mapping):
+                raise bad_request(f"items[{i}] must be an object")
+            merged = {"recipe_id": p.get("recipe_id"), **item}
+            merged.setdefault("request_id", f"{common['request_id']}/{i}")
+            parsed.append(_build(Infer, merged, source, roots, deadline))
+        return InferBatch(**common, items=tuple(parsed))  # type: ignore[arg-type]
+    roi: dict[str, Any] = {
+        "role_id": check_id("role_id", p.get("role_id")),
+        "roi_id": check_id("roi_id", p.get("roi_id")),
+        "model_key": _opt_str(p, "model_key"),
+    }
+    if cls is FitOk:
+        return FitOk(
+            **common,
+            **roi,
+            mm_per_px=_scale(p),
+            images=_images(p, roots),
+            memory_fit=_bool(p, "memory_fit", True),
+            shape=_shape(p),
+        )
+    if cls is AddNg:
+        return AddNg(**common, **roi, mm_per_px=_scale(p), images=_images(p, roots))
+    if cls is CalibrateNg:
+        return CalibrateNg(
+            **common,
+            **roi,
+            ok_scores=_scores(p, "ok_scores"),
+            ng_scores=_scores(p, "ng_scores"),
+            mm_per_px=_scale(p) if p.get("mm_per_px") is not None else None,
+            area_mm2_thr=_opt_number(p, "area_mm2_thr", minimum=0.0),
+            score_percentile=_opt_number(p, "score_percentile", minimum=0.0, maximum=100.0),
+        )
+    if cls is Infer:
+        return Infer(
+            **common,
+            **roi,
+            mm_per_px=_scale(p),
+            image=_single_image(p, roots),
+            shape=_shape(p),
+            heatmap=_bool(p, "heatmap", True),
+            require_calibration=_bool(p, "require_calibration", False),
+        )
+    if cls is Manifest:
+        return Manifest(**common, **roi)
+    if cls is DatasetList:
+        label = _opt_str(p, "label")
+        return DatasetList(**common, **roi, label=_label(label) if label else None)
+    if cls is DatasetDelete:
+        file = p.get("file")
+        if not isinstance(file, str) or not file:
+            raise bad_request("file must be the sample's file name")
+        return DatasetDelete(**common, **roi, label=_label(p.get("label")), file=file)
+    if cls is DatasetClear:
+        return DatasetClear(**common, **roi, label=_label(p.get("label")))
+    raise bad_request(f"command {cls.name} cannot be sent this way")  # pragma: no cover
+
+
+def _opt_str(p: Mapping[str, Any], name: str) -> str | None:
+    value = p.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise bad_request(f"{name} must be a string")
+    return value
+
+
+def _label(value: object) -> str:
+    if value not in ("ok", "ng"):
+        raise bad_request(f"label must be 'ok' or 'ng', got {value!r}")
+    return str(value)
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise bad_request(f"{name} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise bad_request(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _scale(p: Mapping[str, Any]) -> float:
+    if p.get("mm_per_px") is None:
+        raise bad_request("mm_per_px is required")
+    value = _number(p.get("mm_per_px"), "mm_per_px")
+    if value <= 0:
+        raise bad_request(f"mm_per_px must be positive, got {value}")
+    return value
+
+
+def _opt_number(
+    p: Mapping[str, Any], name: str, minimum: float | None = None, maximum: float | None = None
+) -> float | None:
+    if p.get(name) is None or p.get(name) == "":
+        return None
+    value = _number(p.get(name), name)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise bad_request(f"{name} must be within [{minimum}, {maximum}], got {value}")
+    return value
+
+
+def _bool(p: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = p.get(name)
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    raise bad_request(f"{name} must be true or false, got {value!r}")
+
+
+def _scores(p: Mapping[str, Any], name: str) -> tuple[float, ...] | None:
+    value = p.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple):
+        raise bad_request(f"{name} must be a list of numbers")
+    return tuple(_number(v, f"{name}[{i}]") for i, v in enumerate(value))
+
+
+def _shape(p: Mapping[str, Any]) -> dict[str, Any] | None:
+    return parse_shape(p.get("shape"))
+
+
+def _image_bytes(value: object, name: str) -> bytes:
+    if isinstance(value, bytes | bytearray | memoryview):
+        data = bytes(value)
+    elif isinstance(value, str):
+        text = value.split(",", 1)[1] if value.startswith("data:") else value
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise bad_request(f"{name} is not valid base64") from None
+    else:
+        raise bad_request(f"{name} must be a base64 string")
+    if not data:
+        raise bad_request(f"{name} is empty")
+    return data
+
+
+def _read_path(value: object, roots: Sequence[Path], name: str) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise bad_request(f"{name} must be a path string")
+    if not roots:
+        raise bad_request(f"{name} is not allowed: no image roots are configured")
+    path = Path(value)
+    if ".." in path.parts or not path.is_absolute():
+        raise bad_request(f"{name} must be an absolute path without '..'")
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(root.resolve()) for root in roots):
+        raise bad_request(f"{name} {value!r} is outside the allowed image roots")
+    try:
+        return resolved.read_bytes()
+    except OSError as exc:
+        raise bad_request(f"{name} {value!r} cannot be read: {exc.strerror}") from None
+
+
+def _single_image(p: Mapping[str, Any], roots: Sequence[Path]) -> bytes:
+    if p.get("image") is not None:
+        return _image_bytes(p["image"], "image")
+    if p.get("image_path") is not None:
+        return _read_path(p["image_path"], roots, "image_path")
+    raise bad_request("image (base64) or image_path is required")
+
+
+def _images(p: Mapping[str, Any], roots: Sequence[Path]) -> tuple[bytes, ...]:
+    images = p.get("images")
+    paths = p.get("image_paths")
+    out: list[bytes] = []
+    if images is not None:
+        if not isinstance(images, list | tuple):
+            raise bad_request("images must be a list of base64 strings")
+        out += [_image_bytes(v, f"images[{i}]") for i, v in enumerate(images)]
+    if paths is not None:
+        if not isinstance(paths, list | tuple):
+            raise bad_request("image_paths must be a list of paths")
+        out += [_read_path(v, roots, f"image_paths[{i}]") for i, v in enumerate(paths)]
+    if p.get("image") is not None or p.get("image_path") is not None:
+        out.append(_single_image(p, roots))
+    if not out:
+        raise bad_request("images[1..N] is required")
+    return tuple(out)

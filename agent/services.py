@@ -1,0 +1,64 @@
+"""Everything a handler needs, built once by ``bootstrap``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.config import RoiDefaults, Settings
+from agent.journal import Journal
+from agent.model_cache import ModelCache
+from engine.datasets import DatasetStore
+from engine.keys import RoiKey
+from engine.patchcore import PatchCore
+from engine.preprocess import DecodeLimits
+from engine.store import ModelStore
+
+# Called after a ROI's memory or calibration changed (the MQTT adapter republishes state).
+RoiListener = Callable[[RoiKey], None]
+
+
+@dataclass
+class Services:
+    settings: Settings
+    models: ModelStore
+    datasets: DatasetStore
+    cache: ModelCache
+    core: PatchCore
+    journal: Journal
+    roi_defaults: dict[tuple[str, str, str], RoiDefaults] = field(default_factory=dict)
+    roi_listeners: list[RoiListener] = field(default_factory=list)
+    model_state: str = "loading"  # loading | ready | error
+    model_error: str | None = None  # why the backbone could not be loaded
+
+    def model_unavailable(self) -> str | None:
+        """None when the backbone is ready, else the reason a model command must wait."""
+        if self.model_state == "ready":
+            return None
+        if self.model_state == "loading":
+            return "the model is still loading; retry in a few seconds"
+        return self.model_error or "the model could not be loaded"
+
+    @property
+    def limits(self) -> DecodeLimits:
+        return DecodeLimits(self.settings.max_image_bytes, self.settings.max_image_pixels)
+
+    def defaults_for(self, key: RoiKey) -> RoiDefaults | None:
+        return self.roi_defaults.get((key.recipe_id, key.role_id, key.roi_id))
+
+    def roi_changed(self, key: RoiKey) -> None:
+        for listener in list(self.roi_listeners):
+            listener(key)
+
+    def roi_state(self, key: RoiKey) -> dict[str, Any]:
+        """The retained ``state`` payload of a ROI (contract section 5)."""
+        memory = self.cache.get(key)
+        calibration = self.models.load_calibration(key)
+        return {
+            "fitted": memory is not None,
+            "coreset_size": memory.info.coreset_size if memory else None,
+            "calibrated": calibration is not None,
+            "threshold": calibration.get("threshold") if calibration else None,
+            "model_version": memory.info.model_version if memory else None,
+        }

@@ -1,0 +1,222 @@
+"""The one thread that owns the engine (and the GPU).
+
+Infers are served before anything else: a fit calls ``checkpoint`` between backbone
+chunks and during the coreset loop, and the worker answers waiting infers there, so
+an infer waits at most one chunk. Infers waiting together are micro-batched through
+the backbone. The queue is bounded: when full, a command is answered ``busy`` at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+
+import structlog
+
+from agent.commands import CalibrateNg, Command, FitOk, Infer, InferBatch
+from agent.errors import AgentError, busy
+from agent.handlers import HANDLERS, infer_many
+from agent.replies import Reply
+from agent.services import Services
+from agent.stats import Stats
+
+log = structlog.get_logger("agent.worker")
+
+Job = tuple[Command, "Future[Reply]", float]
+
+
+def _needs_model(cmd: Command) -> bool:
+    if isinstance(cmd, FitOk):
+        return cmd.memory_fit
+    return isinstance(cmd, Infer | InferBatch | CalibrateNg)
+
+
+class Worker:
+    def __init__(self, services: Services, stats: Stats) -> None:
+        self.services = services
+        self.stats = stats
+        self.capacity = services.settings.queue_size
+        self.max_batch = services.settings.max_batch
+        self._infers: deque[Job] = deque()
+        self._others: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._refusing = False
+        self._thread: threading.Thread | None = None
+        self.backbone_passes = 0  # infer batches run (tests count micro-batching)
+
+    @property
+    def queue_size(self) -> int:
+        with self._cond:
+            return len(self._infers) + len(self._others)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="engine-worker", daemon=True)
+        self._thread.start()
+
+    def refuse_new(self) -> None:
+        """Answer every later command busy; the one in flight and those queued still run.
+
+        Safe from a signal handler: it takes no lock.
+        """
+        self._refusing = True
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop taking commands; finish the one in flight; answer the waiting ones busy."""
+        with self._cond:
+            self._stopping = True
+            waiting = list(self._infers) + list(self._others)
+            self._infers.clear()
+            self._others.clear()
+            self._cond.notify_all()
+        for cmd, future, _ in waiting:
+            future.set_result(Reply(cmd, error=busy("the agent is shutting down")))
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, cmd: Command) -> Future[Reply]:
+        future: Future[Reply] = Future()
+        with self._cond:
+            if self._stopping or self._refusing:
+                reason = "the agent is shutting down"
+            elif len(self._infers) + len(self._others) >= self.capacity:
+                reason = f"queue full ({self.capacity} commands waiting); retry later"
+            else:
+                queue = self._infers if isinstance(cmd, Infer) else self._others
+                queue.append((cmd, future, time.perf_counter()))
+                self._cond.notify()
+                return future
+        future.set_result(self._finish(cmd, busy(reason), 0.0))
+        return future
+
+    # -- the thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._infers or self._others or self._stopping):
+                    self._cond.wait()
+                if self._stopping and not (self._infers or self._others):
+                    return
+                if self._infers:
+                    batch = self._take_infers()
+                    job = None
+                else:
+                    batch, job = [], self._others.popleft()
+            if batch:
+                self._run_infers(batch)
+            elif job is not None:
+                self._run_one(*job)
+
+    def _take_infers(self) -> list[Job]:
+        batch: list[Job] = []
+        while self._infers and len(batch) < self.max_batch:
+            batch.append(self._infers.popleft())
+        return batch
+
+    def _serve_waiting_infers(self) -> None:
+        """The fit's checkpoint: answer every infer that arrived meanwhile."""
+        while True:
+            with self._cond:
+                batch = self._take_infers()
+            if not batch:
+                return
+            self._run_infers(batch)
+
+    def _refusal(self, cmd: Command) -> AgentError | None:
+        if cmd.deadline is not None and time.monotonic() > cmd.deadline:
+            return busy("the command's deadline passed while it waited in the queue")
+        if _needs_model(cmd):
+            reason = self.services.model_unavailable()
+            if reason is not None:
+                return busy(reason)
+        return None
+
+    def _run_infers(self, batch: list[Job]) -> None:
+        runnable = []
+        for cmd, future, queued in batch:
+            refusal = self._refusal(cmd)
+            if refusal is not None:
+                future.set_result(self._finish(cmd, refusal, queued))
+            else:
+                runnable.append((cmd, future, queued))
+        if not runnable:
+            return
+        self.backbone_passes += 1
+        try:
+            results = infer_many([job[0] for job in runnable], self.services)  # type: ignore[misc]
+        except Exception as exc:  # the engine failed as a whole (e.g. out of memory)
+            log.exception("infer batch failed")
+            results = [AgentError.from_exception(exc)] * len(runnable)
+        for (cmd, future, queued), result in zip(runnable, results, strict=True):
+            if isinstance(result, AgentError):
+                future.set_result(self._finish(cmd, result, queued))
+            else:
+                future.set_result(self._finish(cmd, result, queued))
+
+    def _run_one(self, cmd: Command, future: Future[Reply], queued: float) -> None:
+        refusal = self._refusal(cmd)
+        if refusal is not None:
+            future.set_result(self._finish(cmd, refusal, queued))
+            return
+        journal = self.services.journal
+        if cmd.mutating:
+            first = journal.get(cmd.name, cmd.request_id)
+            if first is not None:
+                future.set_result(self._finish(cmd, first, queued, replayed=True))
+                return
+        try:
+            body = HANDLERS[type(cmd)](cmd, self.services, self._serve_waiting_infers)
+        except Exception as exc:
+            error = AgentError.from_exception(exc)
+            if error.kind == "internal":
+                log.exception("command failed", command=cmd.name, request_id=cmd.request_id)
+            future.set_result(self._finish(cmd, error, queued))
+            return
+        if cmd.mutating:
+            journal.put(cmd.name, cmd.request_id, body)
+        future.set_result(self._finish(cmd, body, queued))
+
+    def _finish(
+        self,
+        cmd: Command,
+        outcome: dict | AgentError,
+        queued: float,
+        replayed: bool = False,
+    ) -> Reply:
+        elapsed = (time.perf_counter() - queued) * 1000 if queued else 0.0
+        if isinstance(outcome, AgentError):
+            reply = Reply(cmd, error=outcome, elapsed_ms=elapsed)
+        else:
+            reply = Reply(cmd, body=outcome, elapsed_ms=elapsed, replayed=replayed)
+        self._log(reply)
+        return reply
+
+    def _log(self, reply: Reply) -> None:
+        cmd = reply.command
+        outcome = "ok" if reply.ok else reply.error.kind  # type: ignore[union-attr]
+        self.stats.record(cmd.name, cmd.source, outcome, reply.elapsed_ms)
+        fields: dict = {
+            "request_id": cmd.request_id,
+            "recipe_id": cmd.recipe_id,
+            "source": cmd.source,
+            "command": cmd.name,
+            "outcome": outcome,
+            "elapsed_ms": round(reply.elapsed_ms, 1),
+        }
+        for name in ("role_id", "roi_id"):
+            if hasattr(cmd, name):
+                fields[name] = getattr(cmd, name)
+        body = reply.body or {}
+        for name in ("score", "threshold", "is_anomaly", "model_version"):
+            if name in body:
+                fields[name] = body[name]
+        if reply.replayed:
+            fields["replayed"] = True
+        if reply.error is not None:
+            fields["error"] = reply.error.message
+            log.warning("command", **fields)
+        else:
+            log.info("command", **fields)

@@ -1,0 +1,140 @@
+"""The ``bdi-agent`` CLI in real subprocesses, on a real data root."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from engine.keys import RoiKey
+from engine.store import ModelStore
+from tests.synthetic.discs import encode_png, make_set
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli_env(data_root: Path, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "BDI_DATA_ROOT": str(data_root),
+        "BDI_BACKBONE_WEIGHTS": "random",
+        "BDI_INPUT_SIZE": "224",
+        "BDI_MQTT__ENABLED": "false",
+        "BDI_FOLDERS__ENABLED": "false",
+        "BDI_HTTP__ENABLED": "false",
+        **extra,
+    }
+
+
+def write_discs(folder: Path, seed: int, n_ok: int, n_per_defect: int = 0) -> list[Path]:
+    folder.mkdir(parents=True)
+    paths = []
+    for i, disc in enumerate(make_set(seed, n_ok, n_per_defect, size=224, kinds=("rust",))):
+        path = folder / f"{i:03d}_{disc.kind}.png"
+        path.write_bytes(encode_png(disc.image))
+        paths.append(path)
+    return paths
+
+
+def bdi(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+
+
+def test_fit_calibrate_infer_manifest_at_a_terminal(tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "data")
+    write_discs(tmp_path / "ok", seed=21, n_ok=8)
+    roi = ["--role", "Insp", "--roi", "R1"]
+    fit = bdi(["fit", str(tmp_path / "ok"), *roi, "--mm-per-px", "0.2"], env)
+    assert fit.returncode == 0, fit.stderr
+    body = json.loads(fit.stdout)
+    assert body["ok_added"] == 8 and body["token_shape"] == [16, 16]
+    assert "embedding: 8/8" in fit.stderr and "coreset:" in fit.stderr  # progress
+    assert bdi(["calibrate", *roi], env).returncode == 0
+    images = write_discs(tmp_path / "test", seed=22, n_ok=2, n_per_defect=1)
+    infer = bdi(["infer", *map(str, images), *roi, "--mm-per-px", "0.2", "--no-heatmap"], env)
+    assert infer.returncode == 0, infer.stderr
+    lines = [json.loads(line) for line in infer.stdout.splitlines()]
+    assert [line["image"] for line in lines] == [str(p) for p in images]
+    assert all("score" in line and "heatmap_png_base64" not in line for line in lines)
+    assert all(line["threshold"] is not None for line in lines)
+    wrong = bdi(["infer", str(images[0]), *roi, "--mm-per-px", "0.5"], env)
+    assert wrong.returncode == 1
+    assert json.loads(wrong.stdout)["error"]["kind"] == "scale_mismatch"
+    manifest = json.loads(bdi(["manifest", *roi], env).stdout)
+    assert manifest["memory"]["exists"] and manifest["datasets"] == {"ok": 8, "ng": 0}
+
+
+def test_a_bad_config_is_a_readable_error(tmp_path: Path) -> None:
+    result = bdi(["health"], cli_env(tmp_path, BDI_MQTT__PORT="high"))
+    assert result.returncode == 2 and "mqtt.port" in result.stderr
+
+
+def test_sigterm_during_a_fit_finishes_it_and_exits_zero(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_discs(tmp_path / "ok", seed=23, n_ok=24)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "fit",
+            str(tmp_path / "ok"),
+            "--role",
+            "r",
+            "--roi",
+            "i",
+            "--mm-per-px",
+            "0.2",
+        ],
+        env=cli_env(data, BDI_MAX_BATCH="2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("embedding: 2/24"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    assert json.loads(out)["n_samples"] == 24
+    memory = ModelStore(data / "models").load_memory(RoiKey.of("r", "i"))
+    assert memory is not None and memory.info.n_samples == 24
+
+
+def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run"],
+        env=cli_env(tmp_path / "data"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    events = []
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        events.append(json.loads(line)["event"])
+        if "model loaded" in events or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    events += [json.loads(line)["event"] for line in out.splitlines()]
+    assert proc.returncode == 0
+    assert "starting" in events and "model loaded" in events and events[-1] == "stopped"
