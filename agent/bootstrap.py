@@ -11,6 +11,7 @@ import structlog
 from agent.bus import Bus
 from agent.config import Settings, load_roi_defaults
 from agent.journal import Journal
+from agent.metrics import Metrics
 from agent.model_cache import ModelCache
 from agent.services import Services
 from agent.stats import Stats
@@ -123,6 +124,7 @@ def bootstrap(
     if services.core.extractor.loaded:
         services.model_state = "ready"
     stats = Stats()
-    worker = Worker(services, stats)
-    bus = Bus(services, worker, stats)
+    metrics = Metrics()
+    worker = Worker(services, stats, metrics)
+    bus = Bus(services, worker, stats, metrics)
     return Agent(settings, services, bus, worker, list(adapters or []))

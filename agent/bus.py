@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from concurrent.futures import Future
 from typing import Any
 
 from agent import __version__
 from agent.commands import Command, Health
 from agent.errors import AgentError
+from agent.metrics import Metrics
 from agent.replies import Reply
 from agent.services import Services
 from agent.stats import Stats
@@ -16,11 +18,14 @@ from engine.features import MODEL_NAME
 
 
 class Bus:
-    def __init__(self, services: Services, worker: Worker, stats: Stats) -> None:
+    def __init__(self, services: Services, worker: Worker, stats: Stats, metrics: Metrics) -> None:
         self.services = services
         self.worker = worker
         self.stats = stats
+        self.metrics = metrics
         self.mqtt_state = "disabled"  # the MQTT adapter keeps this current
+        self.spool_size = 0  # replies waiting on disk for the broker (MQTT adapter)
+        self.boot_id = uuid.uuid4().hex  # tells consumers this agent run from the last
 
     def submit(self, cmd: Command) -> Future[Reply]:
         """Queue a command; ``health`` is answered at once, without queueing."""
@@ -65,4 +70,9 @@ class Bus:
             **self.stats.snapshot(),
             "queue_size": self.worker.queue_size,
             "mqtt": self.mqtt_state,
+            "spool_size": self.spool_size,
+            "device": self.services.core.extractor.device
+            if self.services.model_state == "ready"
+            else self.services.settings.device,
+            "boot_id": self.boot_id,
         }

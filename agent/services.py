@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import RoiDefaults, Settings
 from agent.journal import Journal
@@ -15,8 +15,14 @@ from engine.patchcore import PatchCore
 from engine.preprocess import DecodeLimits
 from engine.store import ModelStore
 
+if TYPE_CHECKING:
+    from agent.replies import Reply
+
 # Called after a ROI's memory or calibration changed (the MQTT adapter republishes state).
 RoiListener = Callable[[RoiKey], None]
+# Called with replies produced outside MQTT that MQTT must publish too (folder infers,
+# dataset refits), and the fields to add to the envelope (e.g. the file path).
+ReplyListener = Callable[["Reply", dict[str, Any]], None]
 
 
 @dataclass
@@ -29,6 +35,7 @@ class Services:
     journal: Journal
     roi_defaults: dict[tuple[str, str, str], RoiDefaults] = field(default_factory=dict)
     roi_listeners: list[RoiListener] = field(default_factory=list)
+    reply_listeners: list[ReplyListener] = field(default_factory=list)
     model_state: str = "loading"  # loading | ready | error
     model_error: str | None = None  # why the backbone could not be loaded
 
@@ -50,6 +57,10 @@ class Services:
     def roi_changed(self, key: RoiKey) -> None:
         for listener in list(self.roi_listeners):
             listener(key)
+
+    def publish(self, reply: Reply, extra: dict[str, Any] | None = None) -> None:
+        for listener in list(self.reply_listeners):
+            listener(reply, extra or {})
 
     def roi_state(self, key: RoiKey) -> dict[str, Any]:
         """The retained ``state`` payload of a ROI (contract section 5)."""

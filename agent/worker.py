@@ -18,6 +18,7 @@ import structlog
 from agent.commands import CalibrateNg, Command, FitOk, Infer, InferBatch
 from agent.errors import AgentError, busy
 from agent.handlers import HANDLERS, infer_many
+from agent.metrics import Metrics
 from agent.replies import Reply
 from agent.services import Services
 from agent.stats import Stats
@@ -34,9 +35,10 @@ def _needs_model(cmd: Command) -> bool:
 
 
 class Worker:
-    def __init__(self, services: Services, stats: Stats) -> None:
+    def __init__(self, services: Services, stats: Stats, metrics: Metrics) -> None:
         self.services = services
         self.stats = stats
+        self.metrics = metrics
         self.capacity = services.settings.queue_size
         self.max_batch = services.settings.max_batch
         self._infers: deque[Job] = deque()
@@ -194,10 +196,29 @@ class Worker:
         self._log(reply)
         return reply
 
+    def _count(self, reply: Reply, outcome: str) -> None:
+        cmd, metrics = reply.command, self.metrics
+        metrics.commands.labels(cmd.name, cmd.source, outcome).inc()
+        metrics.queue_size.set(self.queue_size)
+        if outcome != "ok":
+            return
+        if cmd.name in ("infer", "infer_batch"):
+            metrics.infer_ms.observe(reply.elapsed_ms)
+        elif cmd.name == "fit_ok":
+            metrics.fit_ms.observe(reply.elapsed_ms)
+        body = reply.body or {}
+        verdicts = body.get("results", [body]) if cmd.name == "infer_batch" else [body]
+        for verdict in verdicts:
+            if verdict.get("is_anomaly"):
+                metrics.anomalies.labels(
+                    cmd.recipe_id, verdict.get("role_id", ""), verdict.get("roi_id", "")
+                ).inc()
+
     def _log(self, reply: Reply) -> None:
         cmd = reply.command
         outcome = "ok" if reply.ok else reply.error.kind  # type: ignore[union-attr]
         self.stats.record(cmd.name, cmd.source, outcome, reply.elapsed_ms)
+        self._count(reply, outcome)
         fields: dict = {
             "request_id": cmd.request_id,
             "recipe_id": cmd.recipe_id,
