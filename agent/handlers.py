@@ -102,6 +102,7 @@ def refit(
     )
     services.models.save_memory(key, memory)
     services.cache.put(key, memory)
+    services.last_fit_ts = memory.info.created_at
     services.roi_changed(key)
     info = memory.info
     return {

@@ -48,6 +48,7 @@ class Worker:
         self._refusing = False
         self._thread: threading.Thread | None = None
         self.backbone_passes = 0  # infer batches run (tests count micro-batching)
+        self.current: str | None = None  # the command in flight, for /train/status
 
     @property
     def queue_size(self) -> int:
@@ -169,6 +170,7 @@ class Worker:
             if first is not None:
                 future.set_result(self._finish(cmd, first, queued, replayed=True))
                 return
+        self.current = cmd.name
         try:
             body = HANDLERS[type(cmd)](cmd, self.services, self._serve_waiting_infers)
         except Exception as exc:
@@ -177,6 +179,8 @@ class Worker:
                 log.exception("command failed", command=cmd.name, request_id=cmd.request_id)
             future.set_result(self._finish(cmd, error, queued))
             return
+        finally:
+            self.current = None
         if cmd.mutating:
             journal.put(cmd.name, cmd.request_id, body)
         future.set_result(self._finish(cmd, body, queued))

@@ -9,7 +9,16 @@ import pytest
 # A test must never reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from agent.bootstrap import Agent, bootstrap, build_engine
+from agent.config import Settings
 from engine.features import BackboneConfig, FeatureExtractor
+from tests.synthetic.discs import encode_png, make_set
+
+SIZE = 224
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +27,47 @@ def extractor() -> FeatureExtractor:
     fx = FeatureExtractor(BackboneConfig(weights="random", input_size=224, precision="fp32"))
     fx.load()
     return fx
+
+
+def agent_settings(data_root: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_root": data_root,
+        "backbone_weights": "random",
+        "input_size": SIZE,
+        "precision": "fp32",
+        "coreset_min": 256,
+        "rois_file": data_root / "rois.yaml",
+        "mqtt": {"enabled": False},
+        "folders": {"enabled": False},
+        "http": {"enabled": False},
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def make_agent(tmp_path: Path, extractor: FeatureExtractor) -> Iterator[Callable[..., Agent]]:
+    started: list[Agent] = []
+
+    def make(data_root: Path | None = None, **overrides: Any) -> Agent:
+        settings = agent_settings(data_root or tmp_path / "data", **overrides)
+        core = build_engine(settings)
+        core.extractor = extractor
+        agent = bootstrap(settings, core=core)
+        agent.start(load_model=False)
+        started.append(agent)
+        return agent
+
+    yield make
+    for agent in started:
+        agent.stop(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def ok_pngs() -> list[bytes]:
+    return [encode_png(d.image) for d in make_set(seed=11, n_ok=12, size=SIZE)]
+
+
+@pytest.fixture(scope="session")
+def test_discs():
+    return make_set(seed=12, n_ok=4, n_per_defect=2, size=SIZE, kinds=("rust", "crack"))
