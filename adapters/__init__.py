@@ -1,0 +1,1 @@
+"""Thin edges: MQTT, folders and HTTP turn their input into commands on the agent's bus."""

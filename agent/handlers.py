@@ -177,9 +177,10 @@ def infer_many(cmds: list[Infer], services: Services) -> list[Body | AgentError]
     for cmd in cmds:
         try:
             key = roi_key(cmd)
+            image = decode_image(cmd.image, services.limits)  # bad input before ROI state
             memory = _require_memory(services, key)
             check_scale(memory.info.mm_per_px, cmd.mm_per_px)
-            prepared.append((cmd, key, memory, decode_image(cmd.image, services.limits)))
+            prepared.append((cmd, key, memory, image))
         except Exception as exc:
             prepared.append(AgentError.from_exception(exc))
     ready = [p for p in prepared if not isinstance(p, AgentError)]

@@ -36,6 +36,8 @@ class Services:
     roi_defaults: dict[tuple[str, str, str], RoiDefaults] = field(default_factory=dict)
     roi_listeners: list[RoiListener] = field(default_factory=list)
     reply_listeners: list[ReplyListener] = field(default_factory=list)
+    # Called with every reply the worker produces, whatever its source (verdict topics).
+    reply_observers: list[Callable[[Reply], None]] = field(default_factory=list)
     last_fit_ts: str | None = None  # when a memory was last rebuilt by this agent
     model_state: str = "loading"  # loading | ready | error
     model_error: str | None = None  # why the backbone could not be loaded

@@ -198,6 +198,11 @@ class Worker:
         else:
             reply = Reply(cmd, body=outcome, elapsed_ms=elapsed, replayed=replayed)
         self._log(reply)
+        for observe in list(self.services.reply_observers):
+            try:
+                observe(reply)
+            except Exception:  # an observer's bug must not lose the reply
+                log.exception("reply observer failed", command=cmd.name)
         return reply
 
     def _count(self, reply: Reply, outcome: str) -> None:

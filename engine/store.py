@@ -21,7 +21,7 @@ import numpy as np
 
 from engine.atomic import atomic_write, atomic_write_json
 from engine.errors import CorruptArtifact
-from engine.keys import RoiKey, legacy_sanitize
+from engine.keys import RoiKey, from_b64_name, legacy_sanitize
 from engine.memory import Memory, MemoryInfo
 
 Signature = tuple[int, int, int]  # (inode, size, mtime_ns): changes on every atomic replace
@@ -63,6 +63,23 @@ class ModelStore:
         return self._existing(
             self.calibration_path(key), self._legacy_candidates(key, "_calib.json", "calib.json")
         )
+
+    def roi_keys(self) -> list[RoiKey]:
+        """Every ROI with a memory in the current layout (legacy files are not listed)."""
+        out = []
+        for path in sorted((self.root / "recipes").glob("*/*/*__*.npz")):
+            role, _, roi = path.stem.partition("__")
+            try:
+                key = RoiKey(
+                    from_b64_name(role),
+                    from_b64_name(roi),
+                    path.parent.parent.name,
+                    from_b64_name(path.parent.name),
+                )
+            except ValueError:
+                continue  # not a name this store wrote
+            out.append(key)
+        return out
 
     # -- memory -------------------------------------------------------------------
 

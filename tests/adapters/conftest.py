@@ -1,0 +1,70 @@
+"""Adapter test fixtures: a real mosquitto broker, agents wired to it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.mqtt import MqttAdapter, create
+from agent.bootstrap import Agent
+from tests.adapters.mqtt_support import Broker
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    server = Broker(tmp_path_factory.mktemp("mosquitto"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker of this test's own, for tests that kill or reconfigure it."""
+    server = Broker(tmp_path / "mosquitto")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mqtt_agent(
+    make_agent: Callable[..., Agent],
+) -> Iterator[Callable[..., tuple[Agent, MqttAdapter]]]:
+    adapters: list[MqttAdapter] = []
+
+    def make(
+        port: int,
+        agent_id: str = "line1",
+        wait: bool = True,
+        data_root: Path | None = None,
+        agent_settings: dict[str, Any] | None = None,
+        **mqtt: Any,
+    ) -> tuple[Agent, MqttAdapter]:
+        settings_mqtt = {"enabled": True, "host": "127.0.0.1", "port": port, **mqtt}
+        agent = make_agent(
+            data_root=data_root, agent_id=agent_id, mqtt=settings_mqtt, **(agent_settings or {})
+        )
+        adapter = create(agent.settings, agent)
+        adapter.start()
+        adapters.append(adapter)
+        if wait:
+            wait_connected(agent)
+        return agent, adapter
+
+    yield make
+    for adapter in adapters:
+        adapter.stop()
+
+
+def wait_connected(agent: Agent, timeout: float = 20, state: str = "connected") -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while agent.bus.mqtt_state != state:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"MQTT state is {agent.bus.mqtt_state}, wanted {state}")
+        time.sleep(0.05)
