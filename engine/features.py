@@ -149,7 +149,6 @@ def _build(config: BackboneConfig) -> tuple[Any, torch.device, WeightsInfo]:
     device = resolve_device(config.device)
     if device.type == "cpu":
         torch.set_num_threads(config.threads or os.cpu_count() or 1)
-        torch.set_flush_denormal(True)
     with torch.random.fork_rng(devices=[]):
         # Seeded so that every process builds the same "random" weights: a memory fitted
         # by one agent stays valid for another sharing the data root.

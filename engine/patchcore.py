@@ -34,7 +34,10 @@ class PatchCoreConfig:
     coreset: CoresetConfig = field(default_factory=CoresetConfig)
     metric: str = "cosine"
     blur_sigma: float = 4.0
-    max_batch: int = 8
+    max_batch: int = 8  # images per backbone pass when scoring
+    # Images per backbone pass when fitting: the worker serves waiting infers between
+    # chunks, so a small chunk keeps infer latency low during a long fit.
+    fit_chunk: int = 2
     limits: DecodeLimits = field(default_factory=DecodeLimits)
 
 
@@ -115,7 +118,7 @@ class PatchCore:
         self, samples: Sequence[Sample], checkpoint: Checkpoint | None = None
     ) -> list[Embedded]:
         """Embeddings of stored samples, from the cache where possible; the backbone runs
-        on the others in chunks of ``max_batch``, with ``checkpoint`` called between."""
+        on the others in chunks of ``fit_chunk``, with ``checkpoint`` called between."""
         feature_id = self.extractor.feature_id
         out: list[Embedded | None] = [None] * len(samples)
         missing = []
@@ -125,7 +128,7 @@ class PatchCore:
                 out[i] = Embedded(cached[0], cached[1])
             else:
                 missing.append(i)
-        step = max(1, self.config.max_batch)
+        step = max(1, self.config.fit_chunk)
         self._report("embedding", len(samples) - len(missing), len(samples))
         for start in range(0, len(missing), step):
             chunk = missing[start : start + step]
