@@ -143,7 +143,7 @@ def test_refit_runs_the_backbone_only_on_new_images(
         extractor._device,
         extractor._weights,
     )
-    core = PatchCore(counting, PatchCoreConfig(max_batch=4), EmbeddingCache(tmp_path))
+    core = PatchCore(counting, PatchCoreConfig(max_batch=4, fit_chunk=4), EmbeddingCache(tmp_path))
     samples = [Sample.from_bytes(encode_png(d.image)) for d in train[:6]]
     first = core.fit(samples[:4], mm_per_px=0.2)
     assert seen == [4]
