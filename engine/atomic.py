@@ -15,7 +15,8 @@ from typing import IO, Any
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # A short temp name: the final name may already be near the file-name length limit.
+    fd, tmp_name = tempfile.mkstemp(prefix=".atomic-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)

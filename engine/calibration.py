@@ -39,9 +39,16 @@ def choose_threshold(
     if not 0 < score_percentile <= 100:
         raise BadInput(f"score_percentile must be in (0, 100], got {score_percentile}")
     ng = _finite(ng_scores or [], "ng_scores")
+    with np.errstate(over="ignore"):  # overflow is refused just below, not warned about
+        return _choose(ok, ng, score_percentile)
+
+
+def _choose(ok: np.ndarray, ng: np.ndarray, score_percentile: float) -> ThresholdChoice:
     p_ok = float(np.percentile(ok, score_percentile))
     p_ng = float(np.percentile(ng, 5)) if ng.size else None
     threshold = p_ok if p_ng is None or p_ng <= p_ok else (p_ok + p_ng) / 2.0
+    if not np.isfinite([threshold, ok.mean(), ng.mean() if ng.size else 0.0]).all():
+        raise BadInput("scores too large to calibrate with (the threshold overflows)")
     return ThresholdChoice(
         threshold=threshold,
         ok_mean=float(ok.mean()),

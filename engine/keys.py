@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from engine.errors import BadInput
 
 RESERVED_RECIPES = frozenset({"last"})
-MAX_ID_LENGTH = 200
+# base64 grows ids by 4/3: two ids of 90 bytes keep "<b64 role>__<b64 roi>_calib.json" under
+# the 255-byte file-name limit of common file systems.
+MAX_ID_BYTES = 90
 
 
 def b64_name(value: str) -> str:
@@ -42,8 +44,8 @@ def legacy_sanitize(value: str) -> str:
 def check_id(name: str, value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise BadInput(f"{name} must be a non-empty string")
-    if len(value) > MAX_ID_LENGTH or any(ord(c) < 32 for c in value):
-        raise BadInput(f"{name} must be at most {MAX_ID_LENGTH} printable characters")
+    if len(value.encode("utf-8")) > MAX_ID_BYTES or any(ord(c) < 32 for c in value):
+        raise BadInput(f"{name} must be at most {MAX_ID_BYTES} bytes of printable characters")
     return value
 
 

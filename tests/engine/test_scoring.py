@@ -70,7 +70,7 @@ def test_threshold_rules() -> None:
     assert choose_threshold(ok, score_percentile=50).threshold == pytest.approx(1.5)
 
 
-@pytest.mark.parametrize("ok", [[], [float("nan")], ["a", "b"]])
+@pytest.mark.parametrize("ok", [[], [float("nan")], ["a", "b"], [1e308, 1e308]])
 def test_threshold_needs_finite_ok_scores(ok) -> None:
     with pytest.raises(BadInput):
         choose_threshold(ok)

@@ -36,9 +36,16 @@ def _memory(rows: int = 50, fill: float | None = None) -> Memory:
 
 
 def test_ids_round_trip_through_file_names() -> None:
-    for value in ["Inspection_1", "a/b/../c", "ñandú 10%", "..", "x" * 150]:
+    for value in ["Inspection_1", "a/b/../c", "ñandú 10%", "..", "x" * 90]:
         name = b64_name(value)
         assert "/" not in name and from_b64_name(name) == value
+
+
+def test_ids_that_would_overflow_a_file_name_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="90 bytes"):
+        RoiKey.of("r", "ñ" * 46)  # 92 bytes
+    key = RoiKey.of("x" * 90, "y" * 90)
+    ModelStore(tmp_path).save_calibration(key, {"threshold": 1.0})  # the longest name fits
 
 
 def test_recipe_ids_are_normalised_and_last_is_reserved() -> None:
