@@ -59,6 +59,34 @@ class CalibrateNg(RoiCommand):
     mm_per_px: float | None = None
     area_mm2_thr: float | None = None
     score_percentile: float | None = None
+    # Images to self-score instead of the stored samples (a dataset folder the agent does
+    # not own); OK images that built the memory are scored leave-one-out.
+    ok_images: tuple[bytes, ...] | None = None
+    ng_images: tuple[bytes, ...] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Refit(RoiCommand):
+    """Rebuild the memory from the ROI's stored OK samples (after ``memory_fit=false``
+    stores, e.g. a debounced burst of folder samples). Same result body as ``fit_ok``."""
+
+    name = "refit"
+    mutating = True
+    mm_per_px: float | None = None  # None: the OK dataset's own scale
+    shape: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitImages(RoiCommand):
+    """Build the memory from these images only, storing nothing (a dataset folder owned by
+    someone else, e.g. the GUI). Same result body as ``fit_ok`` with ``ok_added`` 0."""
+
+    name = "fit_images"
+    mutating = True
+    mm_per_px: float
+    images: tuple[bytes, ...]
+    shape: dict[str, Any] | None = None
+    names: tuple[str, ...] = ()  # the images' file names, only for error messages
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,6 +138,8 @@ COMMANDS: dict[str, type[Command]] = {
         FitOk,
         AddNg,
         CalibrateNg,
+        Refit,
+        FitImages,
         Infer,
         InferBatch,
         Manifest,

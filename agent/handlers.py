@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,10 +15,12 @@ from agent.commands import (
     DatasetClear,
     DatasetDelete,
     DatasetList,
+    FitImages,
     FitOk,
     Infer,
     InferBatch,
     Manifest,
+    Refit,
     RoiCommand,
 )
 from agent.errors import AgentError
@@ -64,7 +67,22 @@ def _store_images(
         except BadInput as exc:
             raise BadInput(f"images[{i}]: {exc}") from None
     meta = {"mm_per_px": cmd.mm_per_px, "source": cmd.source, "request_id": cmd.request_id}
-    return [services.datasets.add(key, label, data, meta) for data in cmd.images]
+    # A crash between storing and journaling the reply would store the samples again when
+    # the request is repeated (a folder file after a restart): reuse what this request
+    # already stored instead.
+    earlier = [
+        s for s in services.datasets.list(key, label) if s.meta.get("request_id") == cmd.request_id
+    ]
+    stored = []
+    for data in cmd.images:
+        sha = hashlib.sha256(data).hexdigest()
+        same = next((s for s in earlier if s.meta.get("sha256") == sha), None)
+        if same is not None:
+            earlier.remove(same)
+            stored.append(same)
+        else:
+            stored.append(services.datasets.add(key, label, data, meta))
+    return stored
 
 
 def fit_ok(cmd: FitOk, services: Services, checkpoint: Checkpoint) -> Body:
@@ -94,12 +112,23 @@ def refit(
     samples = services.datasets.list(key, "ok")
     if not samples:
         raise BadInput(f"ROI {key.role_id}/{key.roi_id} has no OK samples to fit")
+    scale = mm_per_px or services.datasets.scale(key, "ok")
+    fit_samples = [_stored_sample(s, services) for s in samples]
+    return _fit_memory(services, key, fit_samples, scale, shape, checkpoint)
+
+
+def _fit_memory(
+    services: Services,
+    key: RoiKey,
+    samples: list[Sample],
+    scale: float | None,
+    shape: dict[str, Any] | None,
+    checkpoint: Checkpoint,
+) -> Body:
+    """Fit, save and announce a ROI's memory; the fit fields of the ``fit_ok`` body."""
     defaults = services.defaults_for(key)
     shape = shape or (defaults.shape if defaults else None)
-    scale = mm_per_px or services.datasets.scale(key, "ok")
-    memory = services.core.fit(
-        [_stored_sample(s, services) for s in samples], scale, shape, checkpoint
-    )
+    memory = services.core.fit(samples, scale, shape, checkpoint)
     services.models.save_memory(key, memory)
     services.cache.put(key, memory)
     services.last_fit_ts = memory.info.created_at
@@ -114,6 +143,44 @@ def refit(
         "n_samples": info.n_samples,
         "model_version": info.model_version,
     }
+
+
+def refit_roi(cmd: Refit, services: Services, checkpoint: Checkpoint) -> Body:
+    start = time.perf_counter()
+    body: Body = {"ok_added": 0, "samples": [], "memory_fit": True}
+    body.update(refit(services, roi_key(cmd), cmd.mm_per_px, cmd.shape, checkpoint))
+    body["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 1)
+    return body
+
+
+def _bytes_samples(
+    services: Services, images: tuple[bytes, ...], names: tuple[str, ...], field: str
+) -> list[Sample]:
+    """Samples of caller-owned bytes, decoded lazily (cached embeddings skip decoding);
+    every image is checked first so that a bad one refuses the whole command."""
+    limits = services.limits
+
+    def loader(data: bytes) -> Callable[[], Any]:
+        return lambda: decode_image(data, limits)
+
+    samples = []
+    for i, data in enumerate(images):
+        label = f"{field}[{i}]" + (f" ({names[i]})" if i < len(names) else "")
+        try:
+            decode_image(data, limits)
+        except BadInput as exc:
+            raise BadInput(f"{label}: {exc}") from None
+        samples.append(Sample(hashlib.sha256(data).hexdigest(), loader(data)))
+    return samples
+
+
+def fit_images(cmd: FitImages, services: Services, checkpoint: Checkpoint) -> Body:
+    start = time.perf_counter()
+    samples = _bytes_samples(services, cmd.images, cmd.names, "images")
+    body: Body = {"ok_added": 0, "samples": [], "memory_fit": True}
+    body.update(_fit_memory(services, roi_key(cmd), samples, cmd.mm_per_px, cmd.shape, checkpoint))
+    body["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 1)
+    return body
 
 
 def add_ng(cmd: AddNg, services: Services, checkpoint: Checkpoint) -> Body:
@@ -134,6 +201,15 @@ def calibrate_ng(cmd: CalibrateNg, services: Services, checkpoint: Checkpoint) -
     if cmd.ok_scores is not None:
         ok_scores, ng_scores = list(cmd.ok_scores), list(cmd.ng_scores or [])
         method = "given"
+    elif cmd.ok_images is not None:
+        shape = memory.info.shape
+        ok = _bytes_samples(services, cmd.ok_images, (), "ok_images")
+        ng = _bytes_samples(services, cmd.ng_images or (), (), "ng_images")
+        if not ok:
+            raise BadInput("ok_images must hold at least one image")
+        ok_scores = services.core.loo_scores(memory, ok, shape, checkpoint)
+        ng_scores = services.core.loo_scores(memory, ng, shape, checkpoint)
+        method = "self_scored"
     else:
         shape = memory.info.shape
         ok_samples = services.datasets.list(key, "ok")
@@ -286,6 +362,8 @@ Handler = Callable[[Any, Services, Checkpoint], Body]
 HANDLERS: dict[type[Command], Handler] = {
     FitOk: fit_ok,
     AddNg: add_ng,
+    Refit: refit_roi,
+    FitImages: fit_images,
     CalibrateNg: calibrate_ng,
     Infer: single_infer,
     InferBatch: infer_batch,

@@ -22,11 +22,13 @@ from agent.commands import (
     DatasetClear,
     DatasetDelete,
     DatasetList,
+    FitImages,
     FitOk,
     Health,
     Infer,
     InferBatch,
     Manifest,
+    Refit,
 )
 from agent.errors import AgentError, bad_request
 from engine.errors import EngineError
@@ -117,6 +119,24 @@ def _build(
             mm_per_px=_scale(p) if p.get("mm_per_px") is not None else None,
             area_mm2_thr=_opt_number(p, "area_mm2_thr", minimum=0.0),
             score_percentile=_opt_number(p, "score_percentile", minimum=0.0, maximum=100.0),
+            ok_images=_opt_images(p, "ok_images"),
+            ng_images=_opt_images(p, "ng_images"),
+        )
+    if cls is Refit:
+        return Refit(
+            **common,
+            **roi,
+            mm_per_px=_scale(p) if p.get("mm_per_px") is not None else None,
+            shape=_shape(p),
+        )
+    if cls is FitImages:
+        return FitImages(
+            **common,
+            **roi,
+            mm_per_px=_scale(p),
+            images=_images(p, roots),
+            shape=_shape(p),
+            names=_names(p),
         )
     if cls is Infer:
         return Infer(
@@ -244,6 +264,24 @@ def _read_path(value: object, roots: Sequence[Path], name: str) -> bytes:
         return resolved.read_bytes()
     except OSError as exc:
         raise bad_request(f"{name} {value!r} cannot be read: {exc.strerror}") from None
+
+
+def _opt_images(p: Mapping[str, Any], name: str) -> tuple[bytes, ...] | None:
+    value = p.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple):
+        raise bad_request(f"{name} must be a list of base64 strings")
+    return tuple(_image_bytes(v, f"{name}[{i}]") for i, v in enumerate(value))
+
+
+def _names(p: Mapping[str, Any]) -> tuple[str, ...]:
+    value = p.get("names")
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise bad_request("names must be a list of strings")
+    return tuple(value)
 
 
 def _single_image(p: Mapping[str, Any], roots: Sequence[Path]) -> bytes:

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 
 import structlog
 
-from agent.commands import CalibrateNg, Command, FitOk, Infer, InferBatch
+from agent.commands import CalibrateNg, Command, FitImages, FitOk, Infer, InferBatch, Refit
 from agent.errors import AgentError, busy
 from agent.handlers import HANDLERS, infer_many
 from agent.metrics import Metrics
@@ -31,7 +31,7 @@ Job = tuple[Command, "Future[Reply]", float]
 def _needs_model(cmd: Command) -> bool:
     if isinstance(cmd, FitOk):
         return cmd.memory_fit
-    return isinstance(cmd, Infer | InferBatch | CalibrateNg)
+    return isinstance(cmd, Infer | InferBatch | CalibrateNg | Refit | FitImages)
 
 
 class Worker:
@@ -213,7 +213,7 @@ class Worker:
             return
         if cmd.name in ("infer", "infer_batch"):
             metrics.infer_ms.observe(reply.elapsed_ms)
-        elif cmd.name == "fit_ok":
+        elif cmd.name in ("fit_ok", "refit", "fit_images"):
             metrics.fit_ms.observe(reply.elapsed_ms)
         body = reply.body or {}
         verdicts = body.get("results", [body]) if cmd.name == "infer_batch" else [body]
