@@ -13,6 +13,7 @@ from agent.config import Settings, load_roi_defaults
 from agent.journal import Journal
 from agent.metrics import Metrics
 from agent.model_cache import ModelCache
+from agent.ops.weights import effective_weights
 from agent.services import Services
 from agent.stats import Stats
 from agent.worker import Worker
@@ -79,7 +80,8 @@ class Agent:
 
 def build_engine(settings: Settings) -> PatchCore:
     backbone = BackboneConfig(
-        weights=settings.backbone_weights,
+        # The setting, else the default imported into the data root, else the hub.
+        weights=effective_weights(settings).spec,
         device=settings.device,
         precision=settings.precision,
         layers=tuple(settings.layers),

@@ -1,7 +1,8 @@
 """``bdi-agent``: run the agent, or send one command at a terminal.
 
 One-shot commands build the same bus on the same data root as the running agent, so
-what an operator does here is exactly what MQTT, folders and HTTP do.
+what an operator does here is exactly what MQTT, folders and HTTP do. The operations
+commands (weights, doctor, backup, restore, roi) live in ``agent.ops``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from agent.commands import AddNg, CalibrateNg, Command, FitOk, Health, Infer, Ma
 from agent.config import ConfigError, Settings, load_settings
 from agent.errors import AgentError
 from agent.logging import configure_logging
+from agent.ops.cli import OPS_COMMANDS, add_parsers, run_ops
+from agent.ops.weights import effective_weights
 from agent.parsing import parse_command
 from agent.replies import Reply
 from engine.datasets import IMAGE_SUFFIXES
@@ -69,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     manifest = sub.add_parser("manifest", help="what is stored for a ROI")
     roi_args(manifest, scale_required=False)
+    add_parsers(sub)  # operations: weights, doctor, backup, restore, roi
     return parser
 
 
@@ -84,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(settings)
     # One-shot results own stdout (one JSON line each); the log goes to stderr.
     configure_logging(settings.log_level, sys.stderr)
+    if args.command in OPS_COMMANDS:
+        return run_ops(args, settings)
     try:
         commands = one_shot_commands(args)
     except (AgentError, OSError) as exc:
@@ -112,12 +118,15 @@ def run(settings: Settings) -> int:
 
 def log_start(agent: Agent) -> None:
     settings = agent.settings
+    weights = effective_weights(settings)
     log.info(
         "starting",
         version=__version__,
         agent_id=settings.agent_id,
         data_root=str(settings.data_root),
-        weights=settings.backbone_weights,
+        # What the backbone is given (an imported default shows as its file path).
+        weights=weights.spec,
+        weights_source=weights.source,
         device=settings.device,
         adapters=[type(a).__name__ for a in agent.adapters],
         legacy_names_used=settings.legacy_names_used,
