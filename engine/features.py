@@ -225,6 +225,14 @@ def load_weights_file(model: Any, path: Path) -> None:
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     state = read_state_dict(path)
+    patch = state.get("patch_embed.proj.weight")
+    if patch is None or tuple(patch.shape) != (384, 3, 14, 14):
+        # timm would silently resample another patch size: refuse it instead.
+        found = "missing" if patch is None else list(patch.shape)
+        raise ModelUnavailable(
+            f"weights file {path.name} is not a DINOv2 ViT-S/14 checkpoint "
+            f"(patch_embed.proj.weight {found}, expected [384, 3, 14, 14]); {HOW_TO_PROVIDE}"
+        )
     try:
         # Converts Meta's layout (it carries mask_token) and resamples pos_embed.
         state = checkpoint_filter_fn(state, model)

@@ -89,6 +89,11 @@ def test_unusable_weights_are_refused_with_a_reason(
     torch.save(tiny.state_dict(), wrong)
     with pytest.raises(ModelUnavailable, match="not a DINOv2 ViT-S/14"):
         FeatureExtractor(BackboneConfig(weights=str(wrong))).load()
+    patch16 = dict(other_state)
+    patch16["patch_embed.proj.weight"] = torch.zeros(384, 3, 16, 16)
+    torch.save(patch16, tmp_path / "patch16.pth")
+    with pytest.raises(ModelUnavailable, match=r"\[384, 3, 16, 16\]"):
+        FeatureExtractor(BackboneConfig(weights=str(tmp_path / "patch16.pth"))).load()
 
 
 def test_hub_without_cache_or_network_is_refused(
