@@ -1,10 +1,15 @@
-# The README's front door: `make run` starts the agent, `make test` passes the tests.
+# The README's front door: `make run` starts the agent, `make demo` shows it working on a
+# simulated line, `make test` passes the tests.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# nginx for the `nginx -t` test of deploy/nginx, unpacked here when the system has none.
+NGINX_DIR := $(VENV)/tools/nginx
+# Extra options for the demo, e.g. make demo DEMO_ARGS="--mqtt-port 1883 --interval 1"
+DEMO_ARGS ?=
 
-.PHONY: venv mosquitto test lint bench run clean
+.PHONY: venv mosquitto nginx test lint bench run demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +26,18 @@ mosquitto:
 	  echo "installing mosquitto (apt-get)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients; }
 
-test: venv mosquitto
+# Only for the deploy test's `nginx -t`: the distribution's package is unpacked into
+# .venv/tools (no root, no service started, nothing installed system-wide). Where that is
+# impossible (no apt, no network) the test is skipped, never failed.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || test -x $(NGINX_DIR)/usr/sbin/nginx || { \
+	  tmp=$$(mktemp -d) && \
+	  (cd $$tmp && { apt-get download nginx >/dev/null 2>&1 || \
+	    { apt-get update -qq && apt-get download nginx >/dev/null 2>&1; }; }) && \
+	  mkdir -p $(NGINX_DIR) && dpkg -x $$tmp/nginx_*.deb $(NGINX_DIR) && echo "nginx unpacked into $(NGINX_DIR)" \
+	  || echo "nginx unavailable: the nginx -t test will be skipped"; rm -rf $$tmp; }
+
+test: venv mosquitto nginx
 	$(PY) -m pytest -q
 
 lint: venv
@@ -33,8 +49,14 @@ bench: venv
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) -m tests.bench.run_all
 
+# The agent on this machine: checks the weights, starts a local mosquitto when no broker
+# answers (and stops it again), then `python -m agent run`. Ctrl-C stops everything.
 run: venv
-	$(PY) -m agent run
+	$(PY) -m agent.run_local
+
+# The agent with random weights on a simulated line (camera, PLC), data in ./data-demo.
+demo: venv
+	$(PY) -m agent.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
