@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 
 from adapters.folders_layout import FileSig, InboxFile, stat_sig
-from engine.atomic import atomic_write, atomic_write_bytes, atomic_write_json
+from engine.atomic import atomic_write, atomic_write_bytes, atomic_write_json, fsync_dir
 
 log = structlog.get_logger("adapters.folders")
 
@@ -192,7 +192,7 @@ def _apply(intent: dict[str, Any]) -> None:
         _move_once(Path(source), Path(target), tuple(sig))
         folders.update((Path(source).parent, Path(target).parent))
     for folder in folders:
-        _fsync_dir(folder)
+        fsync_dir(folder)
 
 
 def _move_once(source: Path, target: Path, sig: tuple[int, ...]) -> None:
@@ -231,16 +231,3 @@ def _copy_atomic(source: Path, target: Path) -> None:
 
     atomic_write(target, write)
     shutil.copystat(source, target)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

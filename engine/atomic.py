@@ -26,7 +26,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -41,7 +41,7 @@ def atomic_write_json(path: Path, payload: Any) -> None:
     atomic_write_bytes(path, data + b"\n")
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     # The rename is only durable once the folder entry itself reaches the disk.
     try:
         fd = os.open(folder, os.O_RDONLY)

@@ -26,7 +26,7 @@ from tests.adapters.test_folders_support import (
     read_json,
     wait_for,
 )
-from tests.agent.test_cli import ROOT, cli_env
+from tests.support import ROOT, cli_env
 
 
 class AgentProcess:

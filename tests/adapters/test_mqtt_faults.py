@@ -15,7 +15,7 @@ from pathlib import Path
 from adapters.spool import Spool
 from tests.adapters.conftest import wait_connected
 from tests.adapters.mqtt_support import Broker, Client
-from tests.agent.test_cli import ROOT, cli_env
+from tests.support import ROOT, cli_env
 
 ROI = {"role_id": "Inspection", "roi_id": "Inspection_1"}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,24 +11,8 @@ from pathlib import Path
 
 from engine.keys import RoiKey
 from engine.store import ModelStore
+from tests.support import ROOT, cli_env
 from tests.synthetic.discs import encode_png, make_set
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def cli_env(data_root: Path, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "HF_HUB_OFFLINE": "1",
-        "BDI_DATA_ROOT": str(data_root),
-        "BDI_BACKBONE_WEIGHTS": "random",
-        "BDI_INPUT_SIZE": "224",
-        "BDI_MQTT__ENABLED": "false",
-        "BDI_FOLDERS__ENABLED": "false",
-        "BDI_HTTP__ENABLED": "false",
-        **extra,
-    }
 
 
 def write_discs(folder: Path, seed: int, n_ok: int, n_per_defect: int = 0) -> list[Path]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +14,8 @@ from agent.bootstrap import Agent
 from agent.config import Settings
 from agent.parsing import parse_command
 from agent.replies import Reply
+from tests.conftest import agent_settings
 
-ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "vit_small_patch14_dinov2.lvd142m"
 
 
@@ -34,23 +33,6 @@ def fit_roi(agent: Agent, pngs: list[bytes], role: str = "Insp", roi: str = "R1"
     """Fit and self-calibrate one ROI through the agent's own bus."""
     send(agent, "fit_ok", role_id=role, roi_id=roi, mm_per_px=0.2, images=[b64(p) for p in pngs])
     send(agent, "calibrate_ng", role_id=role, roi_id=roi)
-
-
-def cli_env(data_root: Path, **extra: str) -> dict[str, str]:
-    """The CLI's environment: offline, random weights unless overridden, no adapters."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "HF_HUB_OFFLINE": "1",
-        "BDI_DATA_ROOT": str(data_root),
-        "BDI_BACKBONE_WEIGHTS": "random",
-        "BDI_INPUT_SIZE": "224",
-        "BDI_MQTT__ENABLED": "false",
-        "BDI_FOLDERS__ENABLED": "false",
-        "BDI_HTTP__ENABLED": "false",
-        **extra,
-    }
-    return {k: v for k, v in env.items() if v != "<unset>"}
 
 
 def bdi(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -102,16 +84,4 @@ def checkpoints(
 
 def ops_settings(data_root: Path, **overrides: Any) -> Settings:
     """In-process settings like the CLI's: random weights, 224 px, no adapters, CPU."""
-    values: dict[str, Any] = {
-        "data_root": data_root,
-        "backbone_weights": "random",
-        "input_size": 224,
-        "device": "cpu",
-        "coreset_min": 256,
-        "rois_file": data_root / "rois.yaml",
-        "mqtt": {"enabled": False},
-        "folders": {"enabled": False},
-        "http": {"enabled": False},
-    }
-    values.update(overrides)
-    return Settings(**values)
+    return agent_settings(data_root, **{"device": "cpu", **overrides})

@@ -24,7 +24,8 @@ from engine.datasets import DatasetStore
 from engine.keys import RoiKey
 from engine.memory import Memory, MemoryInfo
 from engine.store import ModelStore
-from tests.ops.conftest import bdi, cli_env, fit_roi, ops_settings, send
+from tests.ops.conftest import bdi, fit_roi, ops_settings, send
+from tests.support import cli_env
 from tests.synthetic.discs import encode_png, make_set
 
 KEY = RoiKey.of("Insp", "R1")

@@ -18,7 +18,8 @@ from engine.features import FeatureExtractor
 from engine.keys import RoiKey
 from engine.store import ModelStore
 from tests.adapters.mqtt_support import Broker, free_port
-from tests.ops.conftest import bdi, cli_env, fit_roi, ops_settings
+from tests.ops.conftest import bdi, fit_roi, ops_settings
+from tests.support import cli_env
 
 
 def by_name(checks: list[Check]) -> dict[str, Check]:

@@ -12,7 +12,8 @@ from agent.bootstrap import build_engine
 from agent.config import Settings
 from agent.ops.errors import OpsError
 from agent.ops.weights import describe_weights, effective_weights, import_weights
-from tests.ops.conftest import bdi, cli_env
+from tests.ops.conftest import bdi
+from tests.support import cli_env
 
 
 def settings_for(data_root: Path, **values: Any) -> Settings:
