@@ -34,13 +34,15 @@ def judge(
     The heatmap's norm is the threshold when calibrated, else the memory's OK scale, so
     128 means "at the threshold" on every heatmap.
     """
-    threshold = float(calibration["threshold"]) if calibration else None
-    if threshold is None:
+    threshold: float | None = None
+    if calibration is None:
         regions: list[Region] = []
         is_anomaly = None
         norm = memory.info.ok_scale
     else:
-        area_thr = float(calibration.get("area_mm2_thr", area_mm2_thr) or 0.0)  # type: ignore[union-attr]
+        threshold = float(calibration["threshold"])
+        stored = calibration.get("area_mm2_thr")
+        area_thr = float(stored) if isinstance(stored, int | float) else area_mm2_thr
         regions = find_regions(prediction.amap, prediction.mask, threshold, mm_per_px, area_thr)
         is_anomaly = bool(regions)
         norm = threshold

@@ -171,3 +171,12 @@ def test_loo_scores_do_not_flatter_training_images(
         p.score for p in core.predict(memory, [d.image for d in train[:5]], memory.info.shape)
     ]
     assert all(a > b for a, b in zip(loo, direct, strict=True))
+
+
+def test_a_calibration_without_area_uses_the_callers(scored, memory: Memory) -> None:
+    _, prediction = scored[0]
+    calibration = {"threshold": 0.0, "area_mm2_thr": None}  # everything is above threshold
+    assert judge(prediction, memory, calibration, 0.2, area_mm2_thr=0.0).regions
+    assert not judge(prediction, memory, calibration, 0.2, area_mm2_thr=1e9).regions
+    stored = {"threshold": 0.0, "area_mm2_thr": 1e9}  # the calibration's own wins
+    assert not judge(prediction, memory, stored, 0.2, area_mm2_thr=0.0).regions
