@@ -58,14 +58,16 @@ def _require_memory(services: Services, key: RoiKey) -> Memory:
 
 
 def _store_images(
-    services: Services, cmd: FitOk | AddNg, key: RoiKey, label: str
+    services: Services, cmd: FitOk | AddNg, key: RoiKey, label: str, checkpoint: Checkpoint
 ) -> list[StoredSample]:
     # Every image is decoded before any is stored: a bad one refuses the whole command.
+    # Waiting infers are served between images: a 100-image upload takes seconds.
     for i, data in enumerate(cmd.images):
         try:
             decode_image(data, services.limits)
         except BadInput as exc:
             raise BadInput(f"images[{i}]: {exc}") from None
+        checkpoint()
     meta = {"mm_per_px": cmd.mm_per_px, "source": cmd.source, "request_id": cmd.request_id}
     # A crash between storing and journaling the reply would store the samples again when
     # the request is repeated (a folder file after a restart): reuse what this request
@@ -82,6 +84,7 @@ def _store_images(
             stored.append(same)
         else:
             stored.append(services.datasets.add(key, label, data, meta))
+        checkpoint()
     return stored
 
 
@@ -89,7 +92,7 @@ def fit_ok(cmd: FitOk, services: Services, checkpoint: Checkpoint) -> Body:
     start = time.perf_counter()
     key = roi_key(cmd)
     check_scale(services.datasets.scale(key, "ok"), cmd.mm_per_px, "OK dataset")
-    stored = _store_images(services, cmd, key, "ok")
+    stored = _store_images(services, cmd, key, "ok", checkpoint)
     body: Body = {
         "ok_added": len(stored),
         "samples": [s.to_dict() for s in stored],
@@ -188,7 +191,7 @@ def add_ng(cmd: AddNg, services: Services, checkpoint: Checkpoint) -> Body:
     memory = services.cache.get(key)
     reference = memory.info.mm_per_px if memory else services.datasets.scale(key, "ok")
     check_scale(reference, cmd.mm_per_px, "ROI")
-    stored = _store_images(services, cmd, key, "ng")
+    stored = _store_images(services, cmd, key, "ng", checkpoint)
     return {"ng_added": len(stored), "samples": [s.to_dict() for s in stored]}
 
 

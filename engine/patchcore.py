@@ -37,7 +37,7 @@ class PatchCoreConfig:
     max_batch: int = 8  # images per backbone pass when scoring
     # Images per backbone pass when fitting: the worker serves waiting infers between
     # chunks, so a small chunk keeps infer latency low during a long fit.
-    fit_chunk: int = 2
+    fit_chunk: int = 1
     limits: DecodeLimits = field(default_factory=DecodeLimits)
 
 
