@@ -178,7 +178,7 @@ class MqttAdapter:
         """Publish spooled messages in order, a batch at a time, each removed once the
         broker acknowledged it. True when the spool is empty."""
         now = time.time()
-        pending = [m for m in self.spool.pending()[:batch] if not self._drop_expired(m, now)]
+        pending = [m for m in self.spool.pending(batch) if not self._drop_expired(m, now)]
         sent = [(m, self._publish_spooled(m, now)) for m in pending]
         try:
             for message, info in sent:

@@ -46,14 +46,15 @@ class Spool:
         existing = self._files()
         self._next = int(existing[-1].stem) + 1 if existing else 1
         self._bytes = sum(p.stat().st_size for p in existing)
+        # Kept alongside the files so that size is not a directory listing per message.
+        self._count = len(existing)
 
     def _files(self) -> list[Path]:
         return sorted(self.folder.glob("*.json"), key=lambda p: int(p.stem))
 
     @property
     def size(self) -> int:
-        with self._lock:
-            return len(self._files())
+        return self._count
 
     @property
     def total_bytes(self) -> int:
@@ -83,6 +84,7 @@ class Spool:
             self._next += 1
             atomic_write_bytes(path, data)
             self._bytes += len(data)
+            self._count += 1
             self._enforce_cap()
 
     def _enforce_cap(self) -> None:
@@ -92,14 +94,16 @@ class Spool:
             size = oldest.stat().st_size
             oldest.unlink(missing_ok=True)
             self._bytes -= size
+            self._count -= 1
             self.dropped += 1
             log.warning("spool full: oldest message dropped", dropped=self.dropped)
 
-    def pending(self) -> list[SpooledMessage]:
-        """Messages in the order they were spooled; unreadable files are skipped."""
+    def pending(self, limit: int | None = None) -> list[SpooledMessage]:
+        """The oldest ``limit`` messages (all by default) in the order they were spooled;
+        unreadable files are skipped."""
         out = []
         with self._lock:
-            files = self._files()
+            files = self._files()[:limit]
         for path in files:
             try:
                 record: dict[str, Any] = json.loads(path.read_bytes())
@@ -127,3 +131,4 @@ class Spool:
                 return
             message.path.unlink(missing_ok=True)
             self._bytes -= size
+            self._count -= 1

@@ -10,7 +10,9 @@ import pytest
 
 from adapters.mqtt import MqttAdapter, create
 from agent.bootstrap import Agent
+from engine.features import FeatureExtractor
 from tests.adapters.mqtt_support import Broker
+from tests.adapters.test_folders_support import FolderAgents, folder_agents, small_extractor
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +70,14 @@ def wait_connected(agent: Agent, timeout: float = 20, state: str = "connected") 
         if time.monotonic() > deadline:
             raise TimeoutError(f"MQTT state is {agent.bus.mqtt_state}, wanted {state}")
         time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def extractor112() -> FeatureExtractor:
+    """The folder tests' own small backbone (8x8 tokens), loaded once."""
+    return small_extractor()
+
+
+@pytest.fixture
+def agents(tmp_path: Path, extractor112: FeatureExtractor) -> Iterator[FolderAgents]:
+    yield from folder_agents(tmp_path, extractor112)

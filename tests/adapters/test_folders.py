@@ -6,39 +6,23 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import cv2
 import pytest
 
 from adapters import folders_inbox
-from engine.features import FeatureExtractor
 from tests.adapters.test_folders_support import (
     MM,
-    FolderAgents,
     discs,
     drop,
     failed,
     fit,
-    folder_agents,
     inbox_files,
     infer_direct,
     processed,
     read_json,
-    small_extractor,
     wait_for,
 )
-
-
-@pytest.fixture(scope="module")
-def extractor112() -> FeatureExtractor:
-    return small_extractor()
-
-
-@pytest.fixture
-def agents(tmp_path: Path, extractor112: FeatureExtractor) -> Iterator[FolderAgents]:
-    yield from folder_agents(tmp_path, extractor112)
 
 
 @pytest.fixture(scope="module")

@@ -5,31 +5,15 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from agent.parsing import parse_command
-from engine.features import FeatureExtractor
 from tests.adapters.test_folders_support import (
     MM,
     FolderAgents,
     discs,
-    folder_agents,
-    small_extractor,
     wait_for,
 )
-
-
-@pytest.fixture(scope="module")
-def extractor112() -> FeatureExtractor:
-    return small_extractor()
-
-
-@pytest.fixture
-def agents(tmp_path: Path, extractor112: FeatureExtractor) -> Iterator[FolderAgents]:
-    yield from folder_agents(tmp_path, extractor112)
 
 
 def gui_save(folder: Path, label: str, i: int, png: bytes, mm: float = MM) -> None:

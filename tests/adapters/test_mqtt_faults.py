@@ -132,6 +132,16 @@ def test_replies_made_during_an_outage_are_spooled_then_sent_in_order(
         reader.close()
 
 
+def start_agent(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", "run"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def test_agent_killed_gets_offline_then_flushes_its_spool(fresh_broker: Broker, tmp_path) -> None:
     data = tmp_path / "data"
     spool = Spool(data / "spool" / "mqtt", 1 << 20)
@@ -143,13 +153,7 @@ def test_agent_killed_gets_offline_then_flushes_its_spool(fresh_broker: Broker, 
     watcher = Client(
         fresh_broker.port, client_id="watcher", subscribe=("bdi/line9/status", "bdi/line9/result/#")
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_agent(env)
     try:
         watcher.wait_for(lambda t, b: t.endswith("/status") and b == "online", timeout=60)
         flushed = watcher.wait_for(lambda t, b: t.endswith("/result/infer"), count=3)
@@ -166,13 +170,7 @@ def test_agent_killed_gets_offline_then_flushes_its_spool(fresh_broker: Broker, 
         late.wait_for(lambda t, b: b == "offline")  # retained
     finally:
         late.close()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_agent(env)
     try:
         late = Client(fresh_broker.port, client_id="late2", subscribe=("bdi/line9/status",))
         late.wait_for(lambda t, b: b == "online", timeout=60)
