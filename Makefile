@@ -9,7 +9,7 @@ NGINX_DIR := $(VENV)/tools/nginx
 # Extra options for the demo, e.g. make demo DEMO_ARGS="--mqtt-port 1883 --interval 1"
 DEMO_ARGS ?=
 
-.PHONY: venv mosquitto nginx test lint bench run demo clean
+.PHONY: venv mosquitto nginx test lint bench soak reliability-report run demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,15 @@ lint: venv
 bench: venv
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) -m tests.bench.run_all
+
+# The reliability suite (tests/reliability, also part of `make test`) and its table; the
+# table goes to stdout, each run's outcomes and log to bench-out/reliability/.
+reliability-report: venv mosquitto nginx
+	$(PY) -m tests.reliability.report
+
+# The 30-minute load run of mixed traffic (BDI_SOAK_S=600 make soak for a shorter one).
+soak: venv mosquitto
+	$(PY) -m tests.reliability.report --soak
 
 # The agent on this machine: checks the weights, starts a local mosquitto when no broker
 # answers (and stops it again), then `python -m agent run`. Ctrl-C stops everything.

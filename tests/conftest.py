@@ -71,3 +71,7 @@ def ok_pngs() -> list[bytes]:
 @pytest.fixture(scope="session")
 def test_discs():
     return make_set(seed=12, n_ok=4, n_per_defect=2, size=SIZE, kinds=("rust", "crack"))
+
+
+# Reliability outcomes as JSON lines for `make reliability-report` (tests/reliability).
+from tests.reliability.recording import pytest_runtest_makereport  # noqa: E402, F401

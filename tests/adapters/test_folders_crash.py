@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from engine.datasets import DatasetStore
 from engine.keys import RoiKey
 from engine.store import ModelStore
@@ -68,7 +70,10 @@ class AgentProcess:
         self.proc.wait(timeout=60)
 
 
-def test_files_in_flight_at_sigkill_are_handled_once_after_restart(tmp_path: Path) -> None:
+@pytest.mark.reliability("fault", "agent SIGKILL during folder moves, then restart")
+def test_files_in_flight_at_sigkill_are_handled_once_after_restart(
+    tmp_path: Path, record_property
+) -> None:
     data = tmp_path / "data"
     env = cli_env(
         data,
@@ -112,6 +117,9 @@ def test_files_in_flight_at_sigkill_are_handled_once_after_restart(tmp_path: Pat
     names = sorted(p.name for p in processed(data, "*.png") if ".heatmap" not in p.name)
     expected = [f"base{i}.png" for i in range(6)]
     expected += [f"ok{i}.png" for i in range(8)] + [f"part{i}.png" for i in range(8)]
+    record_property("tried", len(expected))
+    record_property("lost", len(set(expected) - set(names)))
+    record_property("detail", f"{len(expected)} files, each handled once after the restart")
     assert names == sorted(expected)  # each exactly once: no "_1" copies
     for image in processed(data, "*.png"):
         if ".heatmap" in image.name:

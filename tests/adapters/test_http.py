@@ -241,6 +241,7 @@ def test_overflowing_scores_still_give_a_json_reply(fitted: Server) -> None:
     assert fitted.client.get("/manifest", params=ROI).status_code == 200
 
 
+@pytest.mark.reliability("security", "HTTP API key: 401 without it, /health stays public")
 def test_401_without_the_api_key_except_health(serve) -> None:
     server = serve(api_key="secret")
     url = server.url
@@ -272,6 +273,7 @@ def test_409_scale_mismatch(fitted: Server, ok_pngs) -> None:
     assert_error(refit, 409, "scale_mismatch")
 
 
+@pytest.mark.reliability("bad_input", "oversized bodies and images over HTTP")
 def test_413_body_and_image_limits(serve, ok_pngs) -> None:
     server = serve(max_image_bytes=150_000, http={"max_body_bytes": 1_000_000})
     client = server.client

@@ -12,6 +12,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from adapters.spool import Spool
 from tests.adapters.conftest import wait_connected
 from tests.adapters.mqtt_support import Broker, Client
@@ -29,8 +31,9 @@ def results(client: Client, topic: str) -> list[dict]:
         return [b for t, b, _ in client.messages if t == topic and isinstance(b, dict)]
 
 
+@pytest.mark.reliability("fault", "broker SIGKILL and restart mid-burst of 200 infers")
 def test_broker_killed_mid_burst_loses_and_duplicates_nothing(
-    fresh_broker: Broker, mqtt_agent, ok_pngs
+    fresh_broker: Broker, mqtt_agent, ok_pngs, record_property
 ) -> None:
     agent, _ = mqtt_agent(fresh_broker.port, agent_settings={"queue_size": 256})
     plc = Client(
@@ -80,6 +83,12 @@ def test_broker_killed_mid_burst_loses_and_duplicates_nothing(
                 quiet_s = 0
         time.sleep(1.0)  # anything duplicated would arrive now
         replies = results(plc, "bdi/line1/result/infer")
+        record_property("tried", len(wanted))
+        record_property("lost", len(wanted - answered()))
+        record_property(
+            "detail",
+            f"every infer answered, {len(retried)} retried by the PLC after the broker's loss",
+        )
         assert answered() == wanted, f"unanswered: {sorted(wanted - answered())}"
         # The agent made one reply per request: a repeat in the stream (QoS 1 redelivery,
         # or the answer to a retry) is the very same message, same seq.
@@ -101,8 +110,9 @@ def test_broker_killed_mid_burst_loses_and_duplicates_nothing(
         plc.close()
 
 
+@pytest.mark.reliability("fault", "broker down: verdicts spooled to disk, sent in order")
 def test_replies_made_during_an_outage_are_spooled_then_sent_in_order(
-    fresh_broker: Broker, mqtt_agent, ok_pngs
+    fresh_broker: Broker, mqtt_agent, ok_pngs, record_property
 ) -> None:
     agent, adapter = mqtt_agent(fresh_broker.port)
     reader = Client(
@@ -127,6 +137,9 @@ def test_replies_made_during_an_outage_are_spooled_then_sent_in_order(
         wait_connected(agent)
         last = reader.wait_for(lambda t, b: t.endswith("/last"), count=5, timeout=60)
         seqs = [body["seq"] for _, body, _ in last]
+        record_property("tried", 5)
+        record_property("lost", 5 - len(last))
+        record_property("detail", f"{len(last)} verdicts of the outage published after it")
         assert seqs == sorted(seqs) and adapter.spool.size == 0
     finally:
         reader.close()
@@ -142,7 +155,10 @@ def start_agent(env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
-def test_agent_killed_gets_offline_then_flushes_its_spool(fresh_broker: Broker, tmp_path) -> None:
+@pytest.mark.reliability("fault", "agent SIGKILL: Last Will offline, spool sent on restart")
+def test_agent_killed_gets_offline_then_flushes_its_spool(
+    fresh_broker: Broker, tmp_path, record_property
+) -> None:
     data = tmp_path / "data"
     spool = Spool(data / "spool" / "mqtt", 1 << 20)
     for i in range(3):  # what a killed agent left behind
@@ -158,6 +174,9 @@ def test_agent_killed_gets_offline_then_flushes_its_spool(fresh_broker: Broker, 
         watcher.wait_for(lambda t, b: t.endswith("/status") and b == "online", timeout=60)
         flushed = watcher.wait_for(lambda t, b: t.endswith("/result/infer"), count=3)
         assert [b["n"] for _, b, _ in flushed] == [0, 1, 2]
+        record_property("tried", 3)
+        record_property("lost", 0)
+        record_property("detail", "3 spooled replies of a killed agent sent, offline retained")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         watcher.wait_for(lambda t, b: t.endswith("/status") and b == "offline", timeout=60)
@@ -228,6 +247,7 @@ def test_two_agents_in_a_shared_group_answer_each_infer_once(
         plc.close()
 
 
+@pytest.mark.reliability("security", "MQTT password file: a wrong password never connects")
 def test_credentials_are_checked(tmp_path: Path, mqtt_agent, caplog) -> None:
     passwords = tmp_path / "passwd"
     subprocess.run(
