@@ -66,6 +66,7 @@ from adapters.folders_output import Output
 from agent.bus import Bus
 from agent.config import Settings
 from agent.services import Services
+from engine.errors import storage_error
 
 if TYPE_CHECKING:
     from agent.bootstrap import Agent
@@ -138,9 +139,15 @@ class FolderAdapter:
         warnings.filterwarnings(
             "ignore", message="Callback with id .* already exists", category=RuntimeWarning
         )
-        self.inbox_root.mkdir(parents=True, exist_ok=True)
-        self.output.prepare()
-        replayed, stuck = self.output.replay()  # before anything else touches the inbox
+        try:
+            self.inbox_root.mkdir(parents=True, exist_ok=True)
+            self.output.prepare()
+            replayed, stuck = self.output.replay()  # before anything else touches the inbox
+        except OSError as exc:
+            # A read-only data root (an inspection-only node): files could be neither moved
+            # nor answered, so the folders stay off; MQTT and HTTP still inspect.
+            log.error("folder adapter off", reason=str(storage_error(exc, self.inbox_root)))
+            return
         self.inbox.stuck.update(stuck)
         now = time.monotonic()
         for key in self.output.pending_refits():

@@ -2,7 +2,8 @@
 
 One JSON file per message, named by a growing sequence number and written atomically,
 so the spool survives a crash or restart of the agent. Over ``max_bytes`` the oldest
-messages are dropped first, and counted.
+messages are dropped first, and counted. A spool that cannot be written (a read-only or
+full data root) drops what it is given, counted and logged: the agent keeps running.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import structlog
 
 from engine.atomic import atomic_write_bytes
+from engine.errors import storage_error
 
 log = structlog.get_logger("adapters.spool")
 
@@ -40,10 +42,14 @@ class Spool:
     def __init__(self, folder: Path, max_bytes: int) -> None:
         self.folder = folder
         self.max_bytes = max_bytes
-        self.dropped = 0  # messages dropped to stay under max_bytes
+        self.dropped = 0  # messages dropped to stay under max_bytes, or not writable
         self._lock = threading.Lock()
-        folder.mkdir(parents=True, exist_ok=True)
-        existing = self._files()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            existing = self._files()
+        except OSError as exc:
+            log.error("spool unavailable", reason=str(storage_error(exc, folder)))
+            existing = []
         self._next = int(existing[-1].stem) + 1 if existing else 1
         self._bytes = sum(p.stat().st_size for p in existing)
         # Kept alongside the files so that size is not a directory listing per message.
@@ -82,7 +88,12 @@ class Spool:
         with self._lock:
             path = self.folder / f"{self._next:020d}.json"
             self._next += 1
-            atomic_write_bytes(path, data)
+            try:
+                atomic_write_bytes(path, data)
+            except OSError as exc:
+                self.dropped += 1
+                log.error("spool write failed: message dropped", reason=str(exc), topic=topic)
+                return
             self._bytes += len(data)
             self._count += 1
             self._enforce_cap()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
-from engine.errors import EngineError
+from engine.errors import STORAGE_ERRNOS, EngineError, storage_error
+
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 STATUS_BY_KIND: dict[str, int] = {
     "bad_request": 400,
@@ -42,6 +45,10 @@ class AgentError(Exception):
             return exc
         if isinstance(exc, EngineError):
             return cls(exc.kind, str(exc))
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            # Outside engine.atomic: a delete on a read-only disk, an unreadable folder...
+            verb = "write" if exc.errno in WRITE_ERRNOS else "access"
+            return cls("internal", str(storage_error(exc, verb=verb)))
         return cls("internal", f"internal error ({type(exc).__name__}); see the agent log")
 
 

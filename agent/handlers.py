@@ -27,7 +27,7 @@ from agent.errors import AgentError
 from agent.services import Services
 from engine.calibration import choose_threshold
 from engine.datasets import StoredSample
-from engine.errors import BadInput, NotFitted
+from engine.errors import BadInput, CorruptMemory, NotFitted
 from engine.keys import RoiKey
 from engine.manifest import roi_manifest
 from engine.memory import Memory, check_scale, utc_now_iso
@@ -58,8 +58,15 @@ def _require_memory(services: Services, key: RoiKey) -> Memory:
 
 
 def _store_images(
-    services: Services, cmd: FitOk | AddNg, key: RoiKey, label: str, checkpoint: Checkpoint
+    services: Services,
+    cmd: FitOk | AddNg,
+    key: RoiKey,
+    label: str,
+    checkpoint: Checkpoint,
+    added: list[StoredSample],
 ) -> list[StoredSample]:
+    """Store the command's images; ``added`` collects the samples new to the dataset, so
+    that a command that fails later can take them back."""
     # Every image is decoded before any is stored: a bad one refuses the whole command.
     # Waiting infers are served between images: a 100-image upload takes seconds.
     for i, data in enumerate(cmd.images):
@@ -84,22 +91,40 @@ def _store_images(
             stored.append(same)
         else:
             stored.append(services.datasets.add(key, label, data, meta))
+            added.append(stored[-1])
         checkpoint()
     return stored
+
+
+def _all_or_nothing(services: Services, run: Callable[[list[StoredSample]], Body]) -> Body:
+    """A storing command that fails (disk full halfway, a fit that cannot be saved) takes
+    back the samples it added: an error reply means nothing was stored, so the caller may
+    send the images again under any request id without storing them twice."""
+    added: list[StoredSample] = []
+    try:
+        return run(added)
+    except Exception:
+        services.datasets.remove(added)
+        raise
 
 
 def fit_ok(cmd: FitOk, services: Services, checkpoint: Checkpoint) -> Body:
     start = time.perf_counter()
     key = roi_key(cmd)
     check_scale(services.datasets.scale(key, "ok"), cmd.mm_per_px, "OK dataset")
-    stored = _store_images(services, cmd, key, "ok", checkpoint)
-    body: Body = {
-        "ok_added": len(stored),
-        "samples": [s.to_dict() for s in stored],
-        "memory_fit": cmd.memory_fit,
-    }
-    if cmd.memory_fit:
-        body.update(refit(services, key, cmd.mm_per_px, cmd.shape, checkpoint))
+
+    def run(added: list[StoredSample]) -> Body:
+        stored = _store_images(services, cmd, key, "ok", checkpoint, added)
+        body: Body = {
+            "ok_added": len(stored),
+            "samples": [s.to_dict() for s in stored],
+            "memory_fit": cmd.memory_fit,
+        }
+        if cmd.memory_fit:
+            body.update(refit(services, key, cmd.mm_per_px, cmd.shape, checkpoint))
+        return body
+
+    body = _all_or_nothing(services, run)
     body["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 1)
     return body
 
@@ -111,13 +136,18 @@ def refit(
     shape: dict[str, Any] | None,
     checkpoint: Checkpoint,
 ) -> Body:
-    """Rebuild the ROI's memory from its whole OK dataset (the contract's accumulation)."""
-    samples = services.datasets.list(key, "ok")
-    if not samples:
-        raise BadInput(f"ROI {key.role_id}/{key.roi_id} has no OK samples to fit")
-    scale = mm_per_px or services.datasets.scale(key, "ok")
-    fit_samples = [_stored_sample(s, services) for s in samples]
-    return _fit_memory(services, key, fit_samples, scale, shape, checkpoint)
+    """Rebuild the ROI's memory from its whole OK dataset (the contract's accumulation).
+
+    Under the ROI's refit lock: another agent on the same data root refitting this ROI
+    at the same time goes first or second, never in between (waiting infers are served
+    while the lock is taken), so the memory saved last covers every stored sample."""
+    with services.models.refit_lock(key, waiting=checkpoint):
+        samples = services.datasets.list(key, "ok")
+        if not samples:
+            raise BadInput(f"ROI {key.role_id}/{key.roi_id} has no OK samples to fit")
+        scale = mm_per_px or services.datasets.scale(key, "ok")
+        fit_samples = [_stored_sample(s, services) for s in samples]
+        return _fit_memory(services, key, fit_samples, scale, shape, checkpoint)
 
 
 def _fit_memory(
@@ -188,11 +218,18 @@ def fit_images(cmd: FitImages, services: Services, checkpoint: Checkpoint) -> Bo
 
 def add_ng(cmd: AddNg, services: Services, checkpoint: Checkpoint) -> Body:
     key = roi_key(cmd)
-    memory = services.cache.get(key)
+    try:
+        memory = services.cache.get(key)
+    except CorruptMemory:  # NG samples need no memory: the OK dataset's scale is checked
+        memory = None
     reference = memory.info.mm_per_px if memory else services.datasets.scale(key, "ok")
     check_scale(reference, cmd.mm_per_px, "ROI")
-    stored = _store_images(services, cmd, key, "ng", checkpoint)
-    return {"ng_added": len(stored), "samples": [s.to_dict() for s in stored]}
+
+    def run(added: list[StoredSample]) -> Body:
+        stored = _store_images(services, cmd, key, "ng", checkpoint, added)
+        return {"ng_added": len(stored), "samples": [s.to_dict() for s in stored]}
+
+    return _all_or_nothing(services, run)
 
 
 def calibrate_ng(cmd: CalibrateNg, services: Services, checkpoint: Checkpoint) -> Body:

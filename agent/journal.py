@@ -3,6 +3,12 @@
 MQTT delivers at least once, so a ``fit_ok`` may arrive twice. The journal lives in the
 data root (SQLite, WAL) so a duplicate is recognised after a restart and by every agent
 process sharing the root.
+
+The agent must start whatever state the file is in. A file that is not a database (a
+disk error, a bad restore) is set aside as ``requests.sqlite.corrupt-<time>`` and a new
+journal started. A data root that cannot be written (read-only: an inspection-only node)
+gets a journal in memory: nothing can be stored there anyway, so nothing can be applied
+twice across a restart.
 """
 
 from __future__ import annotations
@@ -14,22 +20,70 @@ import time
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 RETENTION_S = 3600.0
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS results (command TEXT, request_id TEXT, at REAL,"
+    " body TEXT, PRIMARY KEY (command, request_id))"
+)
+
+log = structlog.get_logger("agent.journal")
 
 
 class Journal:
     def __init__(self, path: Path, retention_s: float = RETENTION_S) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS results (command TEXT, request_id TEXT, at REAL,"
-            " body TEXT, PRIMARY KEY (command, request_id))"
-        )
-        self._db.commit()
+        self.path = path
+        try:
+            self._db = self._open(path)
+        except (sqlite3.Error, OSError) as exc:
+            # OperationalError: cannot open or write (read-only); OSError: the folder
+            # cannot be created; any other DatabaseError: the file is not a database.
+            corrupt = type(exc) is sqlite3.DatabaseError and path.is_file()
+            try:
+                self._db = self._set_aside(path, exc) if corrupt else self._in_memory(exc)
+            except (sqlite3.Error, OSError) as again:
+                self._db = self._in_memory(again)
         self._lock = threading.Lock()
         self.retention_s = retention_s
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, check_same_thread=False, timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(SCHEMA)
+            db.commit()
+            # A write probe: a read-only database opens and reads, but refuses at the first
+            # reply; better to know now (and say so once) than at every command.
+            db.execute("DELETE FROM results WHERE at < 0")
+            db.commit()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _set_aside(self, path: Path, exc: Exception) -> sqlite3.Connection:
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        log.error("journal unreadable, set aside", path=str(path), aside=str(aside), error=str(exc))
+        for suffix in ("", "-wal", "-shm"):
+            part = path.with_name(path.name + suffix)
+            if part.exists():
+                part.rename(aside.with_name(aside.name + suffix))
+        return self._open(path)
+
+    def _in_memory(self, exc: Exception) -> sqlite3.Connection:
+        log.warning(
+            "journal not writable, kept in memory",
+            path=str(self.path),
+            error=str(exc),
+            effect="duplicate requests are recognised until the agent restarts",
+        )
+        db = sqlite3.connect(":memory:", check_same_thread=False)
+        db.execute(SCHEMA)
+        return db
 
     def get(self, command: str, request_id: str) -> dict[str, Any] | None:
         with self._lock:

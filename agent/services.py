@@ -10,6 +10,7 @@ from agent.config import RoiDefaults, Settings
 from agent.journal import Journal
 from agent.model_cache import ModelCache
 from engine.datasets import DatasetStore
+from engine.errors import CorruptArtifact
 from engine.keys import RoiKey
 from engine.patchcore import PatchCore
 from engine.preprocess import DecodeLimits
@@ -66,9 +67,17 @@ class Services:
             listener(reply, extra or {})
 
     def roi_state(self, key: RoiKey) -> dict[str, Any]:
-        """The retained ``state`` payload of a ROI (contract section 5)."""
-        memory = self.cache.get(key)
-        calibration = self.models.load_calibration(key)
+        """The retained ``state`` payload of a ROI (contract section 5). An unreadable
+        memory or calibration reads as none: the ROI cannot inspect or decide until it is
+        refitted or recalibrated, which is what the line needs to know."""
+        try:
+            memory = self.cache.get(key)
+        except CorruptArtifact:
+            memory = None
+        try:
+            calibration = self.models.load_calibration(key)
+        except CorruptArtifact:
+            calibration = None
         return {
             "fitted": memory is not None,
             "coreset_size": memory.info.coreset_size if memory else None,

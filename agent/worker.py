@@ -8,10 +8,11 @@ the backbone. The queue is bounded: when full, a command is answered ``busy`` at
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 
 import structlog
 
@@ -26,6 +27,20 @@ from agent.stats import Stats
 log = structlog.get_logger("agent.worker")
 
 Job = tuple[Command, "Future[Reply]", float]
+
+
+def _resolve(future: Future[Reply], reply: Reply) -> None:
+    """Hand the reply over. A caller that gave up (its future cancelled: an HTTP server
+    shutting down cancels the requests it still holds) no longer wants it, and that must
+    never raise in the worker, whose death would leave every later command unanswered."""
+    with contextlib.suppress(InvalidStateError):
+        future.set_result(reply)
+
+
+def _wanted(job: Job) -> bool:
+    """False when the caller cancelled before the job started: it is dropped, not run.
+    Once running, the job can no longer be cancelled."""
+    return job[1].set_running_or_notify_cancel()
 
 
 def _needs_model(cmd: Command) -> bool:
@@ -75,7 +90,7 @@ class Worker:
             self._others.clear()
             self._cond.notify_all()
         for cmd, future, _ in waiting:
-            future.set_result(Reply(cmd, error=busy("the agent is shutting down")))
+            _resolve(future, Reply(cmd, error=busy("the agent is shutting down")))
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -91,7 +106,7 @@ class Worker:
                 queue.append((cmd, future, time.perf_counter()))
                 self._cond.notify()
                 return future
-        future.set_result(self._finish(cmd, busy(reason), 0.0))
+        _resolve(future, self._finish(cmd, busy(reason), 0.0))
         return future
 
     # -- the thread ---------------------------------------------------------------
@@ -104,14 +119,22 @@ class Worker:
                 if self._stopping and not (self._infers or self._others):
                     return
                 if self._infers:
-                    batch = self._take_infers()
+                    batch = [j for j in self._take_infers() if _wanted(j)]
                     job = None
                 else:
                     batch, job = [], self._others.popleft()
-            if batch:
-                self._run_infers(batch)
-            elif job is not None:
-                self._run_one(*job)
+                    job = job if _wanted(job) else None
+            jobs = batch if batch else [job] if job is not None else []
+            try:
+                if batch:
+                    self._run_infers(batch)
+                elif job is not None:
+                    self._run_one(*job)
+            except Exception as exc:  # the thread must outlive any bug: nothing else runs
+                log.exception("worker step failed")
+                for cmd, future, queued in jobs:
+                    if not future.done():
+                        _resolve(future, self._finish(cmd, AgentError.from_exception(exc), queued))
 
     def _take_infers(self) -> list[Job]:
         batch: list[Job] = []
@@ -123,10 +146,12 @@ class Worker:
         """The fit's checkpoint: answer every infer that arrived meanwhile."""
         while True:
             with self._cond:
-                batch = self._take_infers()
-            if not batch:
+                taken = self._take_infers()
+            if not taken:
                 return
-            self._run_infers(batch)
+            batch = [job for job in taken if _wanted(job)]
+            if batch:
+                self._run_infers(batch)
 
     def _refusal(self, cmd: Command) -> AgentError | None:
         if cmd.deadline is not None and time.monotonic() > cmd.deadline:
@@ -142,7 +167,7 @@ class Worker:
         for cmd, future, queued in batch:
             refusal = self._refusal(cmd)
             if refusal is not None:
-                future.set_result(self._finish(cmd, refusal, queued))
+                _resolve(future, self._finish(cmd, refusal, queued))
             else:
                 runnable.append((cmd, future, queued))
         if not runnable:
@@ -154,36 +179,38 @@ class Worker:
             log.exception("infer batch failed")
             results = [AgentError.from_exception(exc)] * len(runnable)
         for (cmd, future, queued), result in zip(runnable, results, strict=True):
-            if isinstance(result, AgentError):
-                future.set_result(self._finish(cmd, result, queued))
-            else:
-                future.set_result(self._finish(cmd, result, queued))
+            _resolve(future, self._finish(cmd, result, queued))
 
     def _run_one(self, cmd: Command, future: Future[Reply], queued: float) -> None:
         refusal = self._refusal(cmd)
         if refusal is not None:
-            future.set_result(self._finish(cmd, refusal, queued))
+            _resolve(future, self._finish(cmd, refusal, queued))
             return
         journal = self.services.journal
-        if cmd.mutating:
-            first = journal.get(cmd.name, cmd.request_id)
-            if first is not None:
-                future.set_result(self._finish(cmd, first, queued, replayed=True))
-                return
         self.current = cmd.name
         try:
+            if cmd.mutating:
+                first = journal.get(cmd.name, cmd.request_id)
+                if first is not None:
+                    _resolve(future, self._finish(cmd, first, queued, replayed=True))
+                    return
             body = HANDLERS[type(cmd)](cmd, self.services, self._serve_waiting_infers)
         except Exception as exc:
             error = AgentError.from_exception(exc)
             if error.kind == "internal":
                 log.exception("command failed", command=cmd.name, request_id=cmd.request_id)
-            future.set_result(self._finish(cmd, error, queued))
+            _resolve(future, self._finish(cmd, error, queued))
             return
         finally:
             self.current = None
         if cmd.mutating:
-            journal.put(cmd.name, cmd.request_id, body)
-        future.set_result(self._finish(cmd, body, queued))
+            try:
+                journal.put(cmd.name, cmd.request_id, body)
+            except Exception:
+                # Applied and on disk: the reply stays a success. A repeat of this request
+                # id is then applied again; stored samples are reused, not stored twice.
+                log.exception("journal write failed", command=cmd.name, request_id=cmd.request_id)
+        _resolve(future, self._finish(cmd, body, queued))
 
     def _finish(
         self,

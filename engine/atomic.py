@@ -1,10 +1,15 @@
 """Atomic file writes: temp file in the same folder, fsync, rename, fsync the folder.
 
 A crash at any moment leaves either the old file or the new one, never part of one.
+A SIGKILL between the temp file and the rename leaves a ``.atomic-XXXX.tmp`` beside the
+target: every reader of the data root skips names starting with ".", so it is never taken
+for data (it only holds space until removed). A failed write (disk full, read-only) raises
+``StorageError`` naming the file, and leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -12,19 +17,29 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from engine.errors import storage_error
+
+TEMP_PREFIX = ".atomic-"
+
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A short temp name: the final name may already be near the file-name length limit.
-    fd, tmp_name = tempfile.mkstemp(prefix=".atomic-", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A short temp name: the final name may already be near the file-name length limit.
+        fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise storage_error(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise storage_error(exc, path) from exc
         raise
     fsync_dir(path.parent)
 

@@ -6,10 +6,13 @@
 The JSON beside each image carries ``mm_per_px``, ``source``, ``timestamp_utc``,
 ``role_id``, ``roi_id``, ``request_id`` and ``sha256``. It is written before the image,
 so every listed image has its metadata; an orphan JSON (crash in between) is ignored.
+A write that fails (disk full, read-only) removes what it had claimed and raises
+``StorageError``: a sample is stored whole or not at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.atomic import atomic_write_bytes, atomic_write_json
-from engine.errors import BadInput
+from engine.errors import BadInput, storage_error
 from engine.keys import RoiKey, b64_name
 
 LABELS = ("ok", "ng")
@@ -71,8 +74,11 @@ class DatasetStore:
 
     def add(self, key: RoiKey, label: str, data: bytes, meta: dict[str, Any]) -> StoredSample:
         folder = self.folder(key, label)
-        folder.mkdir(parents=True, exist_ok=True)
-        image = _claim_name(folder, label.upper(), image_suffix(data))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            image = _claim_name(folder, label.upper(), image_suffix(data))
+        except OSError as exc:
+            raise storage_error(exc, folder) from exc
         full_meta = {
             **meta,
             "role_id": key.role_id,
@@ -81,9 +87,18 @@ class DatasetStore:
             "timestamp_utc": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "sha256": hashlib.sha256(data).hexdigest(),
         }
-        atomic_write_json(image.with_suffix(".json"), full_meta)
-        atomic_write_bytes(image, data)
+        try:
+            atomic_write_json(image.with_suffix(".json"), full_meta)
+            atomic_write_bytes(image, data)
+        except BaseException:
+            _remove(image)  # the claimed name and metadata: no orphan left behind
+            raise
         return StoredSample(image, full_meta)
+
+    def remove(self, samples: list[StoredSample]) -> None:
+        """Take back samples a failed command had stored (best effort)."""
+        for sample in samples:
+            _remove(sample.image)
 
     def list(self, key: RoiKey, label: str) -> list[StoredSample]:
         folder = self.folder(key, label)
@@ -139,6 +154,12 @@ def _claim_name(folder: Path, prefix: str, suffix: str) -> Path:
         if not (folder / f"{name}{suffix}").exists():
             return folder / f"{name}{suffix}"
     raise RuntimeError(f"no free sample name in {folder}")
+
+
+def _remove(image: Path) -> None:
+    for path in (image, image.with_suffix(".json")):
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

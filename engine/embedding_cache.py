@@ -6,6 +6,7 @@ size, layers): changing any of them simply misses the cache.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import zipfile
 from pathlib import Path
@@ -42,4 +43,6 @@ class EmbeddingCache:
             embedding=np.asarray(embedding, dtype=np.float16),
             image_hw=np.asarray(image_hw, dtype=np.int64),
         )
-        atomic_write_bytes(self._path(feature_id, sha256), buffer.getvalue())
+        # A cache that cannot be written (disk full, read-only) is just a miss next time.
+        with contextlib.suppress(OSError):
+            atomic_write_bytes(self._path(feature_id, sha256), buffer.getvalue())

@@ -23,6 +23,23 @@ def from_b64_name(name: str) -> str:
     return base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode("utf-8")
 
 
+def split_base_name(stem: str) -> tuple[str, str]:
+    """``<b64(role)>__<b64(roi)>`` back to ``(role_id, roi_id)``; ValueError if it is not one.
+
+    The first ``__`` is not always the separator: ``_`` is a base64 digit, so a role whose
+    encoding ends in ``_`` ("???" is "Pz8_") gives "Pz8___<roi>". Two facts of UTF-8 make
+    the split unambiguous: an encoded id never holds ``__`` (twelve 1-bits in a row never
+    occur in UTF-8), and never starts with ``_`` or ``-`` (a first byte of 0xF8 or more is
+    no UTF-8 lead byte). So the separator is the first ``__`` not followed by ``_``.
+    """
+    at = stem.find("__")
+    if at <= 0:
+        raise ValueError(f"{stem!r} is not <b64 role>__<b64 roi>")
+    if stem.startswith("_", at + 2):
+        at += 1
+    return from_b64_name(stem[:at]), from_b64_name(stem[at + 2 :])
+
+
 def normalise_recipe_id(recipe_id: str | None) -> str:
     """Lower-cased, sanitised to [a-z0-9._-], ``default`` when empty; ``last`` is reserved."""
     if recipe_id is None or not str(recipe_id).strip():
@@ -44,7 +61,11 @@ def legacy_sanitize(value: str) -> str:
 def check_id(name: str, value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise BadInput(f"{name} must be a non-empty string")
-    if len(value.encode("utf-8")) > MAX_ID_BYTES or any(ord(c) < 32 for c in value):
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON): no file name holds it
+        raise BadInput(f"{name} must be valid Unicode text (no lone surrogates)") from None
+    if size > MAX_ID_BYTES or any(ord(c) < 32 for c in value):
         raise BadInput(f"{name} must be at most {MAX_ID_BYTES} bytes of printable characters")
     return value
 

@@ -5,23 +5,28 @@
 
 The seeds' legacy layouts (``models/<role>/<roi>/memory.npz`` and a flat
 ``models/<role>_<roi>.npz``) are read, never written. No answer depends on an
-in-process cache: ``signature()`` lets callers notice a refit by another process.
+in-process cache: ``signature()`` lets callers notice a refit by another process, and
+``refit_lock()`` serialises refits of one ROI across the processes sharing the root.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import os
+import time
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engine.atomic import atomic_write, atomic_write_json
-from engine.errors import CorruptArtifact
-from engine.keys import RoiKey, from_b64_name, legacy_sanitize
+from engine.errors import CorruptCalibration, CorruptMemory, storage_error
+from engine.keys import RoiKey, from_b64_name, legacy_sanitize, split_base_name
 from engine.memory import Memory, MemoryInfo
 
 Signature = tuple[int, int, int]  # (inode, size, mtime_ns): changes on every atomic replace
@@ -68,11 +73,11 @@ class ModelStore:
         """Every ROI with a memory in the current layout (legacy files are not listed)."""
         out = []
         for path in sorted((self.root / "recipes").glob("*/*/*__*.npz")):
-            role, _, roi = path.stem.partition("__")
             try:
+                role, roi = split_base_name(path.stem)
                 key = RoiKey(
-                    from_b64_name(role),
-                    from_b64_name(roi),
+                    role,
+                    roi,
                     path.parent.parent.name,
                     from_b64_name(path.parent.name),
                 )
@@ -113,10 +118,36 @@ class ModelStore:
     def load_memory(self, key: RoiKey) -> Memory | None:
         """The stored memory, or None when the ROI was never fitted.
 
-        Raises ``CorruptArtifact`` when a file exists but cannot be read.
+        Raises ``CorruptMemory`` when a file exists but cannot be read.
         """
         path = self.find_memory(key)
         return None if path is None else read_memory(path)
+
+    @contextlib.contextmanager
+    def refit_lock(self, key: RoiKey, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+        """Held around "read the OK dataset -> build -> save" of one ROI, so that of two
+        agents refitting it at once the second builds from the first's samples too and
+        the memory saved last covers the whole dataset. An advisory ``flock`` on a hidden
+        file beside the memory: released by the kernel when its holder dies, so a crash
+        never leaves it taken. ``waiting`` is called while another holder has it."""
+        path = self.model_dir(key) / f".{key.base_name}.lock"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise storage_error(exc, path) from exc
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if waiting is not None:
+                        waiting()
+                    time.sleep(0.02)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def delete_memory(self, key: RoiKey) -> bool:
         removed = False
@@ -140,10 +171,23 @@ class ModelStore:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise CorruptArtifact(f"calibration {path.name} is unreadable: {exc}") from None
+            raise _corrupt_calibration(path, str(exc)) from None
         if not isinstance(data, dict) or not isinstance(data.get("threshold"), int | float):
-            raise CorruptArtifact(f"calibration {path.name} has no numeric threshold")
+            raise _corrupt_calibration(path, "no numeric threshold")
         return data
+
+
+def _corrupt_calibration(path: Path, why: str) -> CorruptCalibration:
+    return CorruptCalibration(
+        f"the ROI's calibration file {path.name} is unreadable ({why}); "
+        "calibrate the ROI again with calibrate_ng"
+    )
+
+
+def _corrupt_memory(path: Path, why: str) -> CorruptMemory:
+    return CorruptMemory(
+        f"the ROI's model file {path.name} is unreadable ({why}); refit the ROI with fit_ok"
+    )
 
 
 def read_memory(path: Path) -> Memory:
@@ -160,9 +204,11 @@ def read_memory(path: Path) -> Memory:
             raw_meta = str(stored["metadata"][()]) if "metadata" in stored.files else "{}"
         metadata = json.loads(raw_meta) if raw_meta else {}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise CorruptArtifact(f"memory {path.name} is unreadable: {exc}") from None
+        # numpy calls anything that is not an .npy/.npz "pickled data": say what it is.
+        why = "not an .npz file" if "pickle" in str(exc) else str(exc) or type(exc).__name__
+        raise _corrupt_memory(path, why) from None
     if bank.ndim != 2 or len(sources) != len(bank) or len(bank) == 0:
-        raise CorruptArtifact(f"memory {path.name} has a malformed bank {bank.shape}")
+        raise _corrupt_memory(path, f"malformed bank of shape {bank.shape}")
     info = MemoryInfo.from_json(metadata if isinstance(metadata, dict) else {}, len(bank))
     if not info.created_at:
         mtime = os.stat(path).st_mtime
