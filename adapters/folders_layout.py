@@ -20,7 +20,7 @@ from typing import Any
 from agent.commands import Command
 from agent.config import RoiDefaults
 from agent.errors import AgentError, bad_request
-from agent.parsing import parse_command
+from agent.parsing import is_text, parse_command, request_id_of
 from engine.datasets import IMAGE_SUFFIXES
 from engine.errors import EngineError
 from engine.keys import RoiKey, normalise_recipe_id
@@ -117,15 +117,23 @@ def read_sidecar(path: Path, settle_s: float) -> Sidecar:
     sig = stat_sig(path)
     if sig is None:
         return Sidecar({}, None)
+    name = ascii_name(path)
     try:
         data = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         if time.time() - sig[1] / 1e9 < settle_s:
             raise SidecarPending(path) from None
-        raise bad_request(f"sidecar {path.name} is not valid JSON: {exc}") from None
+        reason = "nested too deep" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise bad_request(f"sidecar {name} is not valid JSON: {reason}") from None
     if not isinstance(data, dict):
-        raise bad_request(f"sidecar {path.name} must hold a JSON object")
+        raise bad_request(f"sidecar {name} must hold a JSON object")
     return Sidecar({k: data[k] for k in SIDECAR_FIELDS if k in data}, sig)
+
+
+def ascii_name(path: Path) -> str:
+    """A file name fit for a message: one not valid UTF-8 on disk comes back with its
+    odd bytes escaped, so the error body can still be written as UTF-8 JSON."""
+    return ascii(path.name)[1:-1] if not is_text(path.name) else path.name
 
 
 def file_request_id(file: InboxFile, inbox: Path, data: bytes, sig: FileSig) -> str:
@@ -154,7 +162,11 @@ def build_command(
         elif sidecar.sig is None and not sidecar_missing_is_final:
             raise SidecarPending(file.sidecar)
         else:
-            where = "its sidecar" if sidecar.sig is not None else f"no sidecar {file.sidecar.name}"
+            where = (
+                "its sidecar"
+                if sidecar.sig is not None
+                else f"no sidecar {ascii_name(file.sidecar)}"
+            )
             raise bad_request(
                 f"mm_per_px is required: {where} gives none and configs/rois.yaml has no "
                 f"default for {file.role_id}/{file.roi_id}"
@@ -196,7 +208,7 @@ def prepare_command(
                 "(inbox/<role_id>/<roi_id>/<kind>/<file>)"
             )
         if not is_image_name(file.path.name):
-            raise bad_request(f"{file.path.name} is not a PNG/JPEG/BMP/TIFF image")
+            raise bad_request(f"{ascii_name(file.path)} is not a PNG/JPEG/BMP/TIFF image")
         sidecar = read_sidecar(file.sidecar, settle_s)
         key = roi_defaults_key(file, sidecar)
         defaults = defaults_for(key) if key else None
@@ -218,9 +230,7 @@ def roi_defaults_key(file: InboxFile, sidecar: Sidecar) -> RoiKey | None:
 
 def failure_ids(sidecar_fields: dict[str, Any], fallback_request_id: str) -> dict[str, str]:
     """request_id and recipe_id for an error body when no command could be built."""
-    request_id = sidecar_fields.get("request_id")
-    if not isinstance(request_id, str) or not 0 < len(request_id) <= 200:
-        request_id = fallback_request_id
+    request_id = request_id_of(sidecar_fields) or fallback_request_id
     try:
         recipe = sidecar_fields.get("recipe_id")
         recipe_id = normalise_recipe_id(recipe if isinstance(recipe, str) else None)

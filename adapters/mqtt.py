@@ -216,6 +216,14 @@ class MqttAdapter:
     # -- incoming -------------------------------------------------------------------
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # An exception out of this callback would end paho's network thread: the adapter
+        # would stay silent for good. Nothing a message holds may do that.
+        try:
+            self._handle(msg)
+        except Exception:
+            log.exception("message could not be handled", topic=msg.topic)
+
+    def _handle(self, msg: mqtt.MQTTMessage) -> None:
         routed = self.topics.command_of(msg.topic)
         if routed is None:
             return
@@ -223,12 +231,19 @@ class MqttAdapter:
         route = _Route(name, via_pool, msg.properties)
         try:
             payload = json.loads(msg.payload)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, nested past the limit
             self._refuse(route, None, bad_request("payload is not valid JSON"))
             return
         request_id = request_id_of(payload)
         try:
-            cmd = parse_command(name, payload, "mqtt", self.cfg.image_roots, route.deadline())
+            cmd = parse_command(
+                name,
+                payload,
+                "mqtt",
+                self.cfg.image_roots,
+                route.deadline(),
+                max_image_bytes=self.settings.max_image_bytes,
+            )
         except AgentError as error:
             self._refuse(route, request_id, error)
             return

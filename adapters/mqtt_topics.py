@@ -82,7 +82,14 @@ def envelope(reply: Reply, seq: int, extra: dict[str, Any] | None = None) -> dic
     head.update(extra or {})
     if reply.error is not None:
         return {**head, "error": reply.error.body()}
-    return {**head, **(reply.body or {})}
+    # The envelope's own fields always win: a result field of the same name (the "ok"
+    # label listing of dataset_list) would otherwise turn "ok" into an object. It rides
+    # along as "result_<name>".
+    body = {
+        (f"result_{name}" if name in head else name): value
+        for name, value in (reply.body or {}).items()
+    }
+    return {**head, **body}
 
 
 def error_envelope(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import os
+import stat
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,6 +38,7 @@ from engine.keys import check_id, normalise_recipe_id
 from engine.roi_mask import parse_shape
 
 MAX_BATCH_ITEMS = 64
+MAX_FILE_NAME_BYTES = 255  # one path component on common file systems
 
 
 def request_id_of(payload: Mapping[str, Any] | None) -> str | None:
@@ -43,7 +46,19 @@ def request_id_of(payload: Mapping[str, Any] | None) -> str | None:
     if not isinstance(payload, Mapping):
         return None
     value = payload.get("request_id")
-    return value if isinstance(value, str) and 0 < len(value) <= 200 else None
+    if not isinstance(value, str) or not 0 < len(value) <= 200 or not is_text(value):
+        return None
+    return value
+
+
+def is_text(value: str) -> bool:
+    """Encodable as UTF-8: JSON's escapes can carry lone surrogates, which no log, file
+    or database can store."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_command(
@@ -52,24 +67,37 @@ def parse_command(
     source: str,
     image_roots: Sequence[Path] = (),
     deadline: float | None = None,
+    max_image_bytes: int | None = None,
 ) -> Command:
-    """Raises ``AgentError`` (bad_request / payload_too_large) naming the bad field."""
+    """Raises ``AgentError`` (bad_request / payload_too_large) naming the bad field.
+
+    ``image_roots``: where ``image_path`` may read; ``max_image_bytes``: a file there
+    over this size is refused before it is read."""
     cls = COMMANDS.get(name)
     if cls is None:
         raise bad_request(f"unknown command {name!r}; one of {sorted(COMMANDS)}")
     if not isinstance(payload, Mapping):
         raise bad_request("the payload must be a JSON object")
+    roots = _Roots(tuple(image_roots), max_image_bytes)
     try:
-        return _build(cls, payload, source, image_roots, deadline)
+        return _build(cls, payload, source, roots, deadline)
     except EngineError as exc:
         raise AgentError.from_exception(exc) from None
+
+
+class _Roots:
+    """Where ``image_path`` may read from, and how much."""
+
+    def __init__(self, roots: tuple[Path, ...], max_bytes: int | None) -> None:
+        self.roots = roots
+        self.max_bytes = max_bytes
 
 
 def _build(
     cls: type[Command],
     p: Mapping[str, Any],
     source: str,
-    roots: Sequence[Path],
+    roots: _Roots,
     deadline: float | None,
 ) -> Command:
     common: dict[str, Any] = {
@@ -94,10 +122,11 @@ def _build(
             merged.setdefault("request_id", f"{common['request_id']}/{i}")
             parsed.append(_build(Infer, merged, source, roots, deadline))
         return InferBatch(**common, items=tuple(parsed))  # type: ignore[arg-type]
+    model_key = _opt_str(p, "model_key")
     roi: dict[str, Any] = {
         "role_id": check_id("role_id", p.get("role_id")),
         "roi_id": check_id("roi_id", p.get("roi_id")),
-        "model_key": _opt_str(p, "model_key"),
+        "model_key": check_id("model_key", model_key) if model_key is not None else None,
     }
     if cls is FitOk:
         return FitOk(
@@ -154,13 +183,26 @@ def _build(
         label = _opt_str(p, "label")
         return DatasetList(**common, **roi, label=_label(label) if label else None)
     if cls is DatasetDelete:
-        file = p.get("file")
-        if not isinstance(file, str) or not file:
-            raise bad_request("file must be the sample's file name")
-        return DatasetDelete(**common, **roi, label=_label(p.get("label")), file=file)
+        return DatasetDelete(**common, **roi, label=_label(p.get("label")), file=_file_name(p))
     if cls is DatasetClear:
         return DatasetClear(**common, **roi, label=_label(p.get("label")))
     raise bad_request(f"command {cls.name} cannot be sent this way")  # pragma: no cover
+
+
+def _file_name(p: Mapping[str, Any]) -> str:
+    """A stored sample's bare file name: one path component, nothing hidden."""
+    file = p.get("file")
+    if not isinstance(file, str) or not file:
+        raise bad_request("file must be the sample's file name")
+    if (
+        not is_text(file)
+        or len(file.encode("utf-8")) > MAX_FILE_NAME_BYTES
+        or file.startswith(".")
+        or any(c in file for c in "/\\")
+        or any(ord(c) < 32 for c in file)
+    ):
+        raise bad_request(f"file must be a sample's bare file name, got {file[:100]!r}")
+    return file
 
 
 def _opt_str(p: Mapping[str, Any], name: str) -> str | None:
@@ -180,13 +222,25 @@ def _label(value: object) -> str:
 
 def _number(value: object, name: str) -> float:
     if isinstance(value, str):
+        text = value
         try:
-            value = float(value)
+            value = float(text)
         except ValueError:
-            raise bad_request(f"{name} must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise bad_request(f"{name} must be a number, got {text[:100]!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise bad_request(f"{name} must be a finite number, got {_short(value)}")
+    try:
+        number = float(value)  # a JSON integer may be far beyond float range
+    except OverflowError:
+        raise bad_request(f"{name} must be a finite number, got one beyond float range") from None
+    if not math.isfinite(number):
         raise bad_request(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+    return number
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 100 else f"{text[:97]}..."
 
 
 def _scale(p: Mapping[str, Any]) -> float:
@@ -249,21 +303,40 @@ def _image_bytes(value: object, name: str) -> bytes:
     return data
 
 
-def _read_path(value: object, roots: Sequence[Path], name: str) -> bytes:
+def _read_path(value: object, roots: _Roots, name: str) -> bytes:
     if not isinstance(value, str) or not value:
         raise bad_request(f"{name} must be a path string")
-    if not roots:
+    if not roots.roots:
         raise bad_request(f"{name} is not allowed: no image roots are configured")
+    if not is_text(value) or "\0" in value:
+        raise bad_request(f"{name} must be a path of printable text")
     path = Path(value)
     if ".." in path.parts or not path.is_absolute():
         raise bad_request(f"{name} must be an absolute path without '..'")
     resolved = path.resolve()
-    if not any(resolved.is_relative_to(root.resolve()) for root in roots):
+    if not any(resolved.is_relative_to(root.resolve()) for root in roots.roots):
         raise bad_request(f"{name} {value!r} is outside the allowed image roots")
+    # Only a regular file, opened without blocking (a FIFO or device would hang the
+    # MQTT thread), and its size checked before a byte is read.
     try:
-        return resolved.read_bytes()
+        fd = os.open(resolved, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except OSError as exc:
         raise bad_request(f"{name} {value!r} cannot be read: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise bad_request(f"{name} {value!r} is not a regular file")
+        if roots.max_bytes is not None and info.st_size > roots.max_bytes:
+            raise AgentError(
+                "payload_too_large",
+                f"{name} {value!r} is {info.st_size} bytes, over the limit of {roots.max_bytes}",
+            )
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise bad_request(f"{name} {value!r} cannot be read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def _opt_images(p: Mapping[str, Any], name: str) -> tuple[bytes, ...] | None:
@@ -284,7 +357,7 @@ def _names(p: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _single_image(p: Mapping[str, Any], roots: Sequence[Path]) -> bytes:
+def _single_image(p: Mapping[str, Any], roots: _Roots) -> bytes:
     if p.get("image") is not None:
         return _image_bytes(p["image"], "image")
     if p.get("image_path") is not None:
@@ -292,7 +365,7 @@ def _single_image(p: Mapping[str, Any], roots: Sequence[Path]) -> bytes:
     raise bad_request("image (base64) or image_path is required")
 
 
-def _images(p: Mapping[str, Any], roots: Sequence[Path]) -> tuple[bytes, ...]:
+def _images(p: Mapping[str, Any], roots: _Roots) -> tuple[bytes, ...]:
     images = p.get("images")
     paths = p.get("image_paths")
     out: list[bytes] = []

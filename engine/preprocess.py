@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from types import ModuleType
@@ -13,6 +14,8 @@ from engine.errors import BadInput, TooLarge
 PATCH = 14
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+# The contract's formats; the header's declared size is read for these only.
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,15 @@ def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarr
         raise BadInput("image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
         raise TooLarge(f"image is {len(data)} bytes, over the limit of {limits.max_bytes}")
+    # The header's size is checked before OpenCV allocates anything: its own pixel limit
+    # only holds when this module imported it first (it reads the variable at import).
+    width, height = declared_size(data)
+    if width <= 0 or height <= 0:
+        raise BadInput(f"image header declares no pixels ({width}x{height})")
+    if width * height > limits.max_pixels:
+        raise TooLarge(
+            f"image declares {width}x{height} pixels, over the limit of {limits.max_pixels}"
+        )
     cv2 = cv2_module(limits.max_pixels)
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
@@ -62,6 +74,21 @@ def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarr
     if height * width > limits.max_pixels:
         raise TooLarge(f"image is {width}x{height} pixels, over the limit of {limits.max_pixels}")
     return _to_rgb8(img, cv2)
+
+
+def declared_size(data: bytes) -> tuple[int, int]:
+    """(width, height) as the header of PNG/JPEG/BMP/TIFF bytes declares it: Pillow reads
+    headers lazily, so no pixel is decoded. Raises ``BadInput`` for any other format or an
+    unreadable header."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as header:
+            return header.size
+    except Image.DecompressionBombError as exc:  # Pillow's own, far higher, limit
+        raise TooLarge(f"image declares too many pixels ({exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise BadInput(f"image is not a readable PNG/JPEG/BMP/TIFF ({exc})") from None
 
 
 def _to_rgb8(img: np.ndarray, cv2: ModuleType) -> np.ndarray:

@@ -23,6 +23,8 @@ def parse_shape(shape: ShapeSpec | str | None) -> ShapeSpec | None:
             shape = json.loads(shape)
         except json.JSONDecodeError as exc:
             raise BadInput(f"shape is not valid JSON: {exc.msg}") from None
+        except (ValueError, RecursionError) as exc:  # 5000-digit numbers, deep nesting
+            raise BadInput(f"shape is not usable JSON: {type(exc).__name__}") from None
     if not isinstance(shape, dict):
         raise BadInput("shape must be a JSON object")
     kind = shape.get("kind")
@@ -72,13 +74,32 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
 }
 
 
+# No image side reaches this (40 megapixels at most): a coordinate beyond it is out of
+# range, and every product below stays far from float overflow.
+MAX_COORD = 1e9
+
+
 def _number(spec: ShapeSpec, name: str) -> float:
-    value = spec.get(name)
+    return _coordinate(spec.get(name), f"shape.{name}")
+
+
+def _coordinate(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadInput(f"shape.{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise BadInput(f"shape.{name} must be finite, got {value!r}")
-    return float(value)
+        raise BadInput(f"{name} must be a number, got {_short(value)}")
+    try:
+        number = float(value)  # a JSON integer may be far beyond float range
+    except OverflowError:
+        raise BadInput(f"{name} is out of range") from None
+    if not math.isfinite(number):
+        raise BadInput(f"{name} must be finite, got {value!r}")
+    if abs(number) > MAX_COORD:
+        raise BadInput(f"{name} is out of range (|{name}| > {MAX_COORD:g})")
+    return number
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def _positive(spec: ShapeSpec, name: str) -> float:
@@ -112,14 +133,12 @@ def _points(spec: ShapeSpec) -> np.ndarray:
         raise BadInput("shape.points must be a list of at least 3 [x, y] pairs")
     out = []
     for point in points:
-        if (
-            not isinstance(point, list | tuple)
-            or len(point) != 2
-            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in point)
-            or not all(math.isfinite(v) for v in point)
-        ):
-            raise BadInput(f"shape.points has an invalid point {point!r}")
-        out.append(point)
+        if not isinstance(point, list | tuple) or len(point) != 2:
+            raise BadInput(f"shape.points has an invalid point {_short(point)}")
+        try:
+            out.append([_coordinate(v, "shape.points") for v in point])
+        except BadInput:
+            raise BadInput(f"shape.points has an invalid point {_short(point)}") from None
     return np.asarray(out, dtype=np.float64)
 
 
