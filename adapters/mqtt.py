@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -61,6 +62,7 @@ class MqttAdapter:
         self._seen_lock = threading.Lock()
         self._stop = threading.Event()
         self._stats_thread: threading.Thread | None = None
+        self._last_failure: str | None = None  # the last connection failure logged
         self.client = self._make_client()
 
     # -- lifecycle ----------------------------------------------------------------
@@ -85,6 +87,7 @@ class MqttAdapter:
             client.tls_insecure_set(tls.insecure)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         return client
@@ -146,6 +149,22 @@ class MqttAdapter:
         # sees "online" sees a complete picture.
         threading.Thread(target=self._come_online, name="mqtt-online", daemon=True).start()
 
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this inside its ``except OSError``: the error is the refused socket or
+        # the TLS handshake (a CA that did not sign the broker, another host name), which
+        # would otherwise go unsaid. Logged when it changes, not at every retry.
+        error = sys.exc_info()[1]
+        reason = f"{type(error).__name__}: {error}" if error else "unknown"
+        if reason != self._last_failure:
+            self._last_failure = reason
+            log.warning(
+                "mqtt connection failed",
+                reason=reason,
+                host=self.cfg.host,
+                port=self.cfg.port,
+                tls=bool(self.cfg.tls.ca_file),
+            )
+
     def _come_online(self) -> None:
         for key in self.agent.services.models.roi_keys():
             self._publish_state(key)
@@ -162,6 +181,7 @@ class MqttAdapter:
         self.client.publish(self.topics.status, b"online", qos=1, retain=True)
         self.agent.bus.mqtt_state = "connected"
         self.agent.bus.metrics.mqtt_connected.set(1)
+        self._last_failure = None
         log.info("mqtt connected", host=self.cfg.host, port=self.cfg.port)
 
     def _on_disconnect(

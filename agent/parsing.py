@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import os
 import stat
 import uuid
@@ -35,6 +34,7 @@ from agent.commands import (
 from agent.errors import AgentError, bad_request
 from engine.errors import EngineError
 from engine.keys import check_id, normalise_recipe_id
+from engine.numbers import finite_number, short_repr
 from engine.roi_mask import parse_shape
 
 MAX_BATCH_ITEMS = 64
@@ -222,25 +222,11 @@ def _label(value: object) -> str:
 
 def _number(value: object, name: str) -> float:
     if isinstance(value, str):
-        text = value
         try:
-            value = float(text)
+            value = float(value)
         except ValueError:
-            raise bad_request(f"{name} must be a number, got {text[:100]!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise bad_request(f"{name} must be a finite number, got {_short(value)}")
-    try:
-        number = float(value)  # a JSON integer may be far beyond float range
-    except OverflowError:
-        raise bad_request(f"{name} must be a finite number, got one beyond float range") from None
-    if not math.isfinite(number):
-        raise bad_request(f"{name} must be a finite number, got {value!r}")
-    return number
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 100 else f"{text[:97]}..."
+            raise bad_request(f"{name} must be a number, got {short_repr(value)}") from None
+    return finite_number(value, name)
 
 
 def _scale(p: Mapping[str, Any]) -> float:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import BadInput
+from engine.numbers import finite_number, short_repr
 from engine.preprocess import cv2_module
 
 ShapeSpec = dict[str, Any]
@@ -84,22 +85,10 @@ def _number(spec: ShapeSpec, name: str) -> float:
 
 
 def _coordinate(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadInput(f"{name} must be a number, got {_short(value)}")
-    try:
-        number = float(value)  # a JSON integer may be far beyond float range
-    except OverflowError:
-        raise BadInput(f"{name} is out of range") from None
-    if not math.isfinite(number):
-        raise BadInput(f"{name} must be finite, got {value!r}")
+    number = finite_number(value, name)
     if abs(number) > MAX_COORD:
         raise BadInput(f"{name} is out of range (|{name}| > {MAX_COORD:g})")
     return number
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def _positive(spec: ShapeSpec, name: str) -> float:
@@ -134,11 +123,11 @@ def _points(spec: ShapeSpec) -> np.ndarray:
     out = []
     for point in points:
         if not isinstance(point, list | tuple) or len(point) != 2:
-            raise BadInput(f"shape.points has an invalid point {_short(point)}")
+            raise BadInput(f"shape.points has an invalid point {short_repr(point)}")
         try:
             out.append([_coordinate(v, "shape.points") for v in point])
         except BadInput:
-            raise BadInput(f"shape.points has an invalid point {_short(point)}") from None
+            raise BadInput(f"shape.points has an invalid point {short_repr(point)}") from None
     return np.asarray(out, dtype=np.float64)
 
 

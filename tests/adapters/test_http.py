@@ -242,7 +242,7 @@ def test_overflowing_scores_still_give_a_json_reply(fitted: Server) -> None:
 
 
 @pytest.mark.reliability("security", "HTTP API key: 401 without it, /health stays public")
-def test_401_without_the_api_key_except_health(serve) -> None:
+def test_401_without_the_api_key_except_health(serve, record_property) -> None:
     server = serve(api_key="secret")
     url = server.url
     with httpx.Client(base_url=url, timeout=30) as anonymous:
@@ -260,6 +260,8 @@ def test_401_without_the_api_key_except_health(serve) -> None:
         )
         assert preflight.status_code == 200  # browsers preflight without the key
     assert server.client.get("/manifest", params=ROI).status_code == 200
+    record_property("tried", 6)
+    record_property("detail", "401 contract body without or with a wrong key; /health, /docs open")
 
 
 def test_409_scale_mismatch(fitted: Server, ok_pngs) -> None:
@@ -274,7 +276,7 @@ def test_409_scale_mismatch(fitted: Server, ok_pngs) -> None:
 
 
 @pytest.mark.reliability("bad_input", "oversized bodies and images over HTTP")
-def test_413_body_and_image_limits(serve, ok_pngs) -> None:
+def test_413_body_and_image_limits(serve, ok_pngs, record_property) -> None:
     server = serve(max_image_bytes=150_000, http={"max_body_bytes": 1_000_000})
     client = server.client
     declared = client.post("/fit_ok", data=FORM, files=files("images", ok_pngs[:11]))
@@ -293,6 +295,9 @@ def test_413_body_and_image_limits(serve, ok_pngs) -> None:
     assert "images[1]" in assert_error(one, 413, "payload_too_large")["error"]["message"]
     assert client.get("/manifest", params=ROI).json()["datasets"]["ok"] == 0  # nothing stored
     assert client.get("/health").status_code == 200  # the server is still fine
+    record_property("tried", 3)
+    record_property("lost", 0)
+    record_property("detail", "declared, streamed and per-image limits: 413, nothing stored")
 
 
 def test_428_when_a_decision_is_required_uncalibrated(fitted: Server, ok_pngs) -> None:

@@ -15,7 +15,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -31,7 +30,8 @@ from engine.datasets import IMAGE_SUFFIXES
 from engine.errors import CorruptArtifact
 from engine.store import read_memory
 from tests.adapters.mqtt_support import free_port
-from tests.support import ROOT, cli_env
+from tests.e2e.support import FrontDoor
+from tests.support import cli_env
 
 MM = 0.2
 ROI = {"role_id": "Inspection", "roi_id": "Inspection_1"}
@@ -138,11 +138,13 @@ def _check_models(models: Path, out: Integrity) -> None:
 # -- an agent subprocess, spoken to over HTTP -----------------------------------------------
 
 
-class HttpAgent:
-    """``python -m agent run`` with only its HTTP adapter, on a free port of 127.0.0.1."""
+class HttpAgent(FrontDoor):
+    """``python -m agent run`` with its HTTP adapter on a free port of 127.0.0.1 (and the
+    other adapters as ``env`` says); its output lines are collected as they come."""
 
     def __init__(self, data_root: Path, **env: str) -> None:
         self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
         self.env = cli_env(
             data_root,
             BDI_PRECISION="fp32",
@@ -152,22 +154,7 @@ class HttpAgent:
             BDI_HTTP__PORT=str(self.port),
             **env,
         )
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run"],
-            env=self.env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.log.append(line.rstrip())
+        super().__init__("agent", ["run"], self.env)
 
     def client(self, timeout: float = 120) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout)
@@ -178,15 +165,16 @@ class HttpAgent:
         with self.client(timeout=5) as client:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    tail = "\n".join(self.log[-20:])
-                    raise AssertionError(f"the agent exited ({self.proc.returncode}):\n{tail}")
+                    raise AssertionError(
+                        f"the agent exited ({self.proc.returncode}):\n{self.output()}"
+                    )
                 try:
                     if client.get("/health").status_code == 200:
                         return
                 except httpx.TransportError:
                     pass
                 time.sleep(0.2)
-        raise AssertionError("the agent never became ready:\n" + "\n".join(self.log[-20:]))
+        raise AssertionError(f"the agent never became ready:\n{self.output()}")
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -19,10 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,8 +29,8 @@ from typing import Any
 
 import httpx
 
-from tests.adapters.mqtt_support import Broker, Client, free_port
-from tests.support import ROOT, cli_env
+from tests.adapters.mqtt_support import Broker, Client
+from tests.reliability.fault_support import HttpAgent
 from tests.synthetic.discs import encode_png, make_set
 
 ROI = {"role_id": "Line", "roi_id": "Face"}
@@ -46,8 +43,10 @@ AGENT_ID = "soak"
 class LoadPlan:
     duration_s: float
     refit_every_s: float
-    # The PLC's p95 over [refit_every_s, refit_every_s + window_s] against the last
-    # window_s; a window that is a multiple of refit_every_s holds as many refits in both.
+    # The PLC's p95 over [first_window_s, first_window_s + window_s] against the last
+    # window_s: both windows hold as many refits (none in the 60 s run, where one refit
+    # would outweigh everything else; two in the soak's 5-minute windows).
+    first_window_s: float
     window_s: float
     # Resources are compared with their first sample from here on, once the first refit
     # has run: the allocator's pools for a fit are then in place.
@@ -68,8 +67,20 @@ class LoadPlan:
     thread_slack: int = 2
 
 
-SHORT = LoadPlan(duration_s=60, refit_every_s=20, window_s=20, warmup_s=30)
-SOAK = LoadPlan(duration_s=1800, refit_every_s=150, window_s=300, warmup_s=300)
+# In 60 s the p95 windows are 15 s (some 50 PLC infers: the p95 is the third slowest),
+# which moves by ±25 % between identical runs: the minute run asks that p95 does not
+# double (a queue that keeps growing), at a lighter load; the 20 % of the issue is the
+# soak's, over 5-minute windows.
+SHORT = LoadPlan(
+    duration_s=60,
+    refit_every_s=30,
+    first_window_s=5,
+    window_s=15,
+    warmup_s=40,
+    load_fraction=0.6,
+    max_p95_drift=1.0,
+)
+SOAK = LoadPlan(duration_s=1800, refit_every_s=150, first_window_s=300, window_s=300, warmup_s=300)
 
 
 @dataclass
@@ -143,45 +154,28 @@ class AgentUnderLoad:
     """The agent process, its broker and the clients that load it; ``stop()`` ends all."""
 
     def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
         self.data = workdir / "data"
         self.inbox = self.data / "inbox" / ROI["role_id"] / ROI["roi_id"] / "infer"
         self.broker = Broker(workdir / "mosquitto")
-        self.http_port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.agent: HttpAgent | None = None
+        self.http = httpx.Client()  # replaced by the agent's once it is up
         self.plc: Client | None = None
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=120)
 
     def start(self) -> None:
         self.broker.start()
-        env = cli_env(
+        self.agent = HttpAgent(
             self.data,
             BDI_AGENT_ID=AGENT_ID,
             BDI_INPUT_SIZE=str(SIZE),
-            BDI_PRECISION="fp32",
-            BDI_CORESET_MIN="256",
             BDI_QUEUE_SIZE="256",
             BDI_MQTT__ENABLED="true",
             BDI_MQTT__PORT=str(self.broker.port),
-            BDI_HTTP__ENABLED="true",
-            BDI_HTTP__PORT=str(self.http_port),
             BDI_FOLDERS__ENABLED="true",
             BDI_FOLDERS__SETTLE_MS="100",
         )
-        log = (self.workdir / "agent.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run"],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 180
-        while not self._healthy():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the agent did not come up; see {self.workdir}/agent.log")
-            time.sleep(0.5)
+        self.agent.wait_ready()
+        self.http.close()
+        self.http = self.agent.client()
         self.plc = Client(
             self.broker.port,
             client_id="soak-plc",
@@ -189,29 +183,18 @@ class AgentUnderLoad:
             subscribe=(f"bdi/{AGENT_ID}/result/#",),
         )
 
-    def _healthy(self) -> bool:
-        try:
-            return self.http.get("/health").status_code == 200
-        except httpx.HTTPError:
-            return False
-
     @property
     def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        assert self.agent is not None
+        return self.agent.proc.pid
 
     def stop(self) -> int | None:
         code = None
         if self.plc is not None:
             self.plc.close()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                code = self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
         self.http.close()
+        if self.agent is not None:
+            code = self.agent.stop()
         self.broker.stop()
         return code
 
@@ -349,15 +332,18 @@ def run_load(plan: LoadPlan, workdir: Path) -> dict[str, Any]:
     return figures
 
 
-def measure_capacity(agent: AgentUnderLoad, pngs: list[bytes], n: int = 12) -> float:
-    """Infers per second the agent sustains one at a time (over HTTP, heatmap included):
-    the mixed traffic is offered as a fraction of it."""
+def measure_capacity(agent: AgentUnderLoad, pngs: list[bytes], n: int = 24) -> float:
+    """Infers per second the agent sustains one at a time (over HTTP, heatmap included),
+    from the median round trip, which one slow request does not move: the mixed traffic
+    is offered as a fraction of it."""
     agent.http_infer(pngs[0], "warm-0")
-    started = time.monotonic()
+    round_trips = []
     for i in range(n):
+        started = time.monotonic()
         ok, kind = agent.http_infer(pngs[i % len(pngs)], f"cap-{i}")
+        round_trips.append(time.monotonic() - started)
         assert ok, f"capacity probe failed: {kind}"
-    return n / (time.monotonic() - started)
+    return 1 / statistics.median(round_trips)
 
 
 def listen(plc: Client, mqtt: Channel, folder: Channel, at: Callable[[], float]) -> None:
@@ -406,7 +392,7 @@ def summarise(
 ) -> dict[str, Any]:
     channels = (mqtt, http, folder)
     sent = sum(len(c.sent) for c in channels)
-    first = mqtt.latencies_ms(plan.refit_every_s, plan.refit_every_s + plan.window_s)
+    first = mqtt.latencies_ms(plan.first_window_s, plan.first_window_s + plan.window_s)
     last = mqtt.latencies_ms(traffic_s - plan.window_s, traffic_s)
     p95_first, p95_last = percentile(first, 95), percentile(last, 95)
     base = next((s for s in samples if s.t >= plan.warmup_s), samples[-1])

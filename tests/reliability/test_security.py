@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 import adapters.http_routes_guard as guard
 from agent.parsing import parse_command
@@ -372,26 +373,34 @@ def test_a_refused_agent_stays_up_and_keeps_retrying(
     agent_ca, broker_cert, agent_password, fix = REFUSALS[case]
     passwords = password_file(tmp_path / "passwd", {"line": "agent-pw"})
     broker = tls_brokers(getattr(pki, broker_cert), passwords)
-    agent, _ = mqtt_agent(
-        broker.port,
-        agent_id="refused",
-        wait=False,
-        tls={"ca_file": getattr(pki, agent_ca).cert},
-        username="line",
-        password=agent_password,
-    )
-    problems: list[str] = []
-    deadline = time.monotonic() + 30
-    while _connections(broker) < 1 and time.monotonic() < deadline:
-        if agent.bus.mqtt_state == "connected":
-            problems.append("connected although the broker must refuse it")
-            break
-        time.sleep(0.05)
-    time.sleep(0.3)  # the refusal has reached the agent's client by now
-    refused = _connections(broker)
-    health = agent.bus.health()
-    if refused < 1 or health["mqtt"] != "disconnected" or health["status"] != "degraded":
-        problems.append(f"{refused} refused attempts, health {health}")
+    with capture_logs() as captured:  # what the operator reads about the refusal
+        agent, _ = mqtt_agent(
+            broker.port,
+            agent_id="refused",
+            wait=False,
+            tls={"ca_file": getattr(pki, agent_ca).cert},
+            username="line",
+            password=agent_password,
+        )
+        problems: list[str] = []
+        deadline = time.monotonic() + 30
+        while _connections(broker) < 1 and time.monotonic() < deadline:
+            if agent.bus.mqtt_state == "connected":
+                problems.append("connected although the broker must refuse it")
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)  # the refusal has reached the agent's client by now
+        refused = _connections(broker)
+        health = agent.bus.health()
+        if refused < 1 or health["mqtt"] != "disconnected" or health["status"] != "degraded":
+            problems.append(f"{refused} refused attempts, health {health}")
+    # The operator learns why from the log: the broker's refusal, or the TLS handshake's.
+    said = [
+        e for e in captured if e["event"] in ("mqtt connection refused", "mqtt connection failed")
+    ]
+    expected = "not authorized" if fix == "password file" else "certificate verify failed"
+    if not any(expected in str(e.get("reason", "")).lower() for e in said):
+        problems.append(f"the log does not say {expected!r}: {said[:2]}")
     manifest = agent.bus.execute(
         parse_command("manifest", {"role_id": "r", "roi_id": "i"}, "http"), timeout=60
     )
