@@ -51,7 +51,7 @@ bench: venv
 
 # The reliability suite (tests/reliability, also part of `make test`) and its table; the
 # table goes to stdout, each run's outcomes and log to bench-out/reliability/.
-reliability-report: venv mosquitto nginx
+reliability-report: venv mosquitto
 	$(PY) -m tests.reliability.report
 
 # The 30-minute load run of mixed traffic (BDI_SOAK_S=600 make soak for a shorter one).

@@ -1,5 +1,7 @@
-"""Hostile inputs shared by the bad-input tests: junk JSON, broken and odd images,
-decompression bombs, traversal ids, and the process/disk probes that judge the outcome.
+"""Hostile inputs shared by the bad-input tests: junk JSON, ROI shapes, broken and odd
+images, decompression bombs, traversal ids, and the process/disk probes that judge the
+outcome; also the names, the tally and the helpers several bad-input or security test files
+share.
 
 No tests here. Every generator is deterministic (hypothesis runs derandomized, the rest
 takes a seed), so a failure reproduces.
@@ -7,11 +9,14 @@ takes a seed), so a failure reproduces.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import struct
 import sys
 import zlib
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +59,47 @@ def gradual_underflow() -> Iterator[None]:
     torch.set_flush_denormal(False)
     yield
     torch.set_flush_denormal(flushing)
+
+
+# -- names shared by the test files ------------------------------------------------------
+
+# The bad-input tests' ROI and scale.
+ROI = {"role_id": "Inspection", "roi_id": "Inspection_1"}
+MM = 0.2
+REFUSALS = ("bad_request", "payload_too_large")  # what bad input may be answered with
+
+# The security tests' reliability family and scale.
+SECURITY = "security"
+MM_PER_PX = 0.2
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class Tally:
+    """What a property run saw: inputs tried, outcomes by kind, misbehaviour (kept short)."""
+
+    def __init__(self) -> None:
+        self.tried = 0
+        self.outcomes: Counter[str] = Counter()
+        self.failures: list[str] = []
+
+    def saw(self, outcome: str) -> None:
+        self.tried += 1
+        self.outcomes[outcome] += 1
+
+    def fail(self, what: str) -> None:
+        self.tried += 1
+        self.failures.append(what[:300])
+
+    def record(self, record_property: Callable[[str, object], None], lost: int = 0) -> None:
+        record_property("tried", self.tried)
+        record_property("failures", len(self.failures))
+        record_property("lost", lost)
+        shown = ", ".join(f"{k} {v}" for k, v in self.outcomes.most_common())
+        first = f"; first failure: {self.failures[0]}" if self.failures else ""
+        record_property("detail", f"{shown}{first}")
 
 
 # -- junk JSON ---------------------------------------------------------------------------
@@ -114,6 +160,52 @@ json_values = st.recursive(
 
 # A JSON document nested far deeper than any parser's recursion limit.
 DEEP_JSON = "[" * 100_000 + "]" * 100_000
+
+# -- ROI shapes --------------------------------------------------------------------------
+
+COORD = st.one_of(st.integers(-40, 300), st.floats(-40.0, 300.0), scalars)
+SHAPE_FIELDS = ("x", "y", "w", "h", "cx", "cy", "r", "r_outer", "r_inner")
+
+
+FIELDS_OF = {
+    "rect": ("x", "y", "w", "h"),
+    "circle": ("cx", "cy", "r"),
+    "annulus": ("cx", "cy", "r_outer", "r_inner"),
+}
+PLAIN = st.integers(-40, 300) | st.floats(-40.0, 300.0)
+
+
+@st.composite
+def shapes(draw: st.DrawFn) -> Any:
+    """Whole shapes of every kind with random numbers, the same with one field broken,
+    random field sets, their JSON strings, and junk."""
+    form = draw(st.sampled_from(["whole", "whole", "broken", "random", "json", "junk"]))
+    if form == "junk":
+        return draw(
+            json_values
+            | st.sampled_from([DEEP_JSON, '{"kind":"rect","x":' + "9" * 5000 + "}", "{", "null"])
+        )
+    shape: dict[str, Any] = {}
+    kind = draw(st.sampled_from(["rect", "circle", "annulus", "polygon"]))
+    if form in ("whole", "broken", "json"):
+        shape["kind"] = kind
+        if kind == "polygon":
+            shape["points"] = draw(st.lists(st.lists(PLAIN, min_size=2, max_size=2), max_size=8))
+        for name in FIELDS_OF.get(kind, ()):
+            shape[name] = draw(PLAIN)
+        if form == "broken":
+            shape[draw(st.sampled_from(sorted(shape)))] = draw(scalars)
+    else:
+        if draw(st.integers(0, 9)):
+            shape["kind"] = draw(st.sampled_from(sorted(FIELDS_OF)) | scalars)
+        for name in SHAPE_FIELDS:
+            if draw(st.booleans()):
+                shape[name] = draw(COORD)
+        if draw(st.booleans()):
+            point = st.lists(COORD, min_size=1, max_size=3) | scalars
+            shape["points"] = draw(st.lists(point, max_size=8) | json_values)
+    return json.dumps(shape) if form == "json" else shape
+
 
 # -- images ------------------------------------------------------------------------------
 
