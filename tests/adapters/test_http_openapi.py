@@ -7,7 +7,6 @@ client sends, the agent answers with a documented contract body, never a 500."""
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,7 +55,6 @@ def test_no_generated_request_gets_a_server_error(
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     session = requests.Session()
     checks = [sc.not_a_server_error, sc.response_schema_conformance, sc.negative_data_rejection]
-    started = time.monotonic()
     operations = [result.ok() for result in schema.get_all_operations()]
     calls = [0]
     assert len(operations) >= 17
@@ -85,4 +83,3 @@ def test_no_generated_request_gets_a_server_error(
     record_property("tried", calls[0])
     record_property("failures", 0)  # a failing case raised above
     record_property("detail", f"{len(operations)} operations, no 500, every body documented")
-    assert time.monotonic() - started < 90
