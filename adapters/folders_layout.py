@@ -20,10 +20,10 @@ from typing import Any
 from agent.commands import Command
 from agent.config import RoiDefaults
 from agent.errors import AgentError, bad_request
-from agent.parsing import is_text, parse_command, request_id_of
+from agent.parsing import parse_command, request_id_of
 from engine.datasets import IMAGE_SUFFIXES
 from engine.errors import EngineError
-from engine.keys import RoiKey, normalise_recipe_id
+from engine.keys import RoiKey, is_text, normalise_recipe_id
 
 COMMAND_OF_KIND = {"ok": "fit_ok", "ng": "add_ng", "infer": "infer"}
 SIDECAR_FIELDS = ("mm_per_px", "shape", "recipe_id", "request_id")

@@ -33,7 +33,7 @@ from agent.commands import (
 )
 from agent.errors import AgentError, bad_request
 from engine.errors import EngineError
-from engine.keys import check_id, normalise_recipe_id
+from engine.keys import check_id, is_text, normalise_recipe_id
 from engine.numbers import finite_number, short_repr
 from engine.roi_mask import parse_shape
 
@@ -49,16 +49,6 @@ def request_id_of(payload: Mapping[str, Any] | None) -> str | None:
     if not isinstance(value, str) or not 0 < len(value) <= 200 or not is_text(value):
         return None
     return value
-
-
-def is_text(value: str) -> bool:
-    """Encodable as UTF-8: JSON's escapes can carry lone surrogates, which no log, file
-    or database can store."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def parse_command(
@@ -317,6 +307,7 @@ def _read_path(value: object, roots: _Roots, name: str) -> bytes:
                 "payload_too_large",
                 f"{name} {value!r} is {info.st_size} bytes, over the limit of {roots.max_bytes}",
             )
+        # fdopen refuses a directory itself, so the check above runs on the bare fd first.
         with os.fdopen(os.dup(fd), "rb") as handle:
             return handle.read()
     except OSError as exc:

@@ -58,14 +58,22 @@ def legacy_sanitize(value: str) -> str:
     return cleaned or "default"
 
 
+def is_text(value: str) -> bool:
+    """Encodable as UTF-8: JSON's escapes can carry lone surrogates, which no log, file
+    or database can store."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_id(name: str, value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise BadInput(f"{name} must be a non-empty string")
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON): no file name holds it
-        raise BadInput(f"{name} must be valid Unicode text (no lone surrogates)") from None
-    if size > MAX_ID_BYTES or any(ord(c) < 32 for c in value):
+    if not is_text(value):  # a lone surrogate ("\ud800" in JSON): no file name holds it
+        raise BadInput(f"{name} must be valid Unicode text (no lone surrogates)")
+    if len(value.encode("utf-8")) > MAX_ID_BYTES or any(ord(c) < 32 for c in value):
         raise BadInput(f"{name} must be at most {MAX_ID_BYTES} bytes of printable characters")
     return value
 
