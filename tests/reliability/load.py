@@ -7,9 +7,10 @@ crops into ``inbox/.../infer/``, the GUI posting ``/infer`` over HTTP, and a ref
 ``load_fraction`` of the capacity measured just before, on the same agent.
 
 The agent's RSS, open file descriptors and threads are read from ``/proc`` every
-``sample_every_s``. The verdict (:func:`judge`) follows the issue: every request answered
-once, p95 of the PLC's infers in the last window within ``max_p95_drift`` of the first,
-RSS growth after warm-up under ``max_rss_growth_mb``, no fd or thread growth.
+``sample_every_s``. The verdict (:func:`judge`): every request answered once, RSS growth
+after warm-up under ``max_rss_growth_mb``, no fd or thread growth, a clean stop; and, where
+the plan judges latency (the soak), p95 of the PLC's infers in the last window within
+``max_p95_drift`` of the first.
 
 Used by ``test_load.py`` (60 s, in ``make test``) and ``soak.py`` (30 min, ``make soak``).
 """
@@ -60,6 +61,10 @@ class LoadPlan:
     http_share: float = 0.15
     folder_share: float = 0.15
     max_p95_drift: float = 0.20
+    # Whether the p95 drift is a pass condition. A latency is judged only where its windows
+    # are long enough not to be noise (the soak's five minutes); the minute run in
+    # `make test` records it for the report and asserts nothing about time.
+    judge_latency: bool = True
     max_rss_growth_mb: float = 50.0
     # fds and threads that may come and go at a sampling instant (a connection being
     # accepted, a file being moved): a leak grows past these within a minute.
@@ -68,9 +73,10 @@ class LoadPlan:
 
 
 # In 60 s the p95 windows are 15 s (some 50 PLC infers: the p95 is the third slowest),
-# which moves by ±25 % between identical runs: the minute run asks that p95 does not
-# double (a queue that keeps growing), at a lighter load; the 20 % of the issue is the
-# soak's, over 5-minute windows.
+# which moves by ±25 % between identical runs and by several times on a loaded or slower
+# machine: the minute run records its p95 drift but judges only what cannot be noise
+# (nothing lost or repeated, RSS, fds, threads); the 20 % of the issue is the soak's,
+# over 5-minute windows.
 SHORT = LoadPlan(
     duration_s=60,
     refit_every_s=30,
@@ -78,7 +84,7 @@ SHORT = LoadPlan(
     window_s=15,
     warmup_s=40,
     load_fraction=0.6,
-    max_p95_drift=1.0,
+    judge_latency=False,
 )
 SOAK = LoadPlan(duration_s=1800, refit_every_s=150, first_window_s=300, window_s=300, warmup_s=300)
 
@@ -427,8 +433,8 @@ def summarise(
 
 
 def judge(plan: LoadPlan, f: dict[str, Any]) -> dict[str, bool]:
-    """Each of the issue's pass conditions, by name."""
-    return {
+    """Each pass condition of ``plan``, by name."""
+    verdict = {
         "every request answered once": (
             f["missing"] == 0
             and f["repeated"] == 0
@@ -437,9 +443,11 @@ def judge(plan: LoadPlan, f: dict[str, Any]) -> dict[str, bool]:
             and f["leftover_inbox"] == 0
             and f["failed_files"] == 0
         ),
-        "p95 stable": f["p95_drift"] is not None and f["p95_drift"] <= plan.max_p95_drift,
         "RSS growth under limit": f["rss_drift_mb"] < plan.max_rss_growth_mb,
         "no fd growth": f["fds"][1] <= f["fds"][0] + plan.fd_slack,
         "no thread growth": f["threads"][1] <= f["threads"][0] + plan.thread_slack,
         "clean stop": f["agent_exit_code"] == 0,
     }
+    if plan.judge_latency:
+        verdict["p95 stable"] = f["p95_drift"] is not None and f["p95_drift"] <= plan.max_p95_drift
+    return verdict
