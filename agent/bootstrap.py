@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import structlog
 
 from agent.bus import Bus
@@ -17,13 +19,14 @@ from agent.ops.weights import effective_weights
 from agent.services import Services
 from agent.stats import Stats
 from agent.worker import Worker
+from engine.backbone.trial import REFERENCE_IMAGES
 from engine.coreset import CoresetConfig
 from engine.datasets import DatasetStore
 from engine.embedding_cache import EmbeddingCache
-from engine.errors import ModelUnavailable
+from engine.errors import EngineError, ModelUnavailable
 from engine.features import BackboneConfig, FeatureExtractor
 from engine.patchcore import PatchCore, PatchCoreConfig
-from engine.preprocess import DecodeLimits
+from engine.preprocess import DecodeLimits, decode_image
 from engine.store import ModelStore
 
 log = structlog.get_logger("agent")
@@ -64,11 +67,17 @@ class Agent:
             return
         services.model_state = "ready"
         extractor = services.core.extractor
+        choice = extractor.choice
         log.info(
             "model loaded",
             weights=extractor.weights.label,
             weights_sha256=extractor.weights.sha256[:16],
             device=extractor.device,
+            runtime=choice.runtime,
+            precision=choice.precision,
+            runtime_reason=choice.reason,
+            runtime_source=choice.source,
+            trial_s=choice.trial_s,
         )
 
     def stop(self, timeout: float | None = 60.0) -> None:
@@ -83,10 +92,13 @@ def build_engine(settings: Settings) -> PatchCore:
         # The setting, else the default imported into the data root, else the hub.
         weights=effective_weights(settings).spec,
         device=settings.device,
+        runtime=settings.runtime,
         precision=settings.precision,
         layers=tuple(settings.layers),
         threads=settings.threads,
         input_size=settings.input_size,
+        runtime_dir=settings.runtime_root,
+        trial_budget_s=settings.runtime_trial_s,
     )
     config = PatchCoreConfig(
         coreset=CoresetConfig(
@@ -101,7 +113,17 @@ def build_engine(settings: Settings) -> PatchCore:
         limits=DecodeLimits(settings.max_image_bytes, settings.max_image_pixels),
     )
     cache = EmbeddingCache(settings.data_root / "cache" / "embeddings")
-    return PatchCore(FeatureExtractor(backbone), config, cache)
+    datasets = DatasetStore(settings.data_root / "datasets")
+
+    def stored_ok_crops() -> list[np.ndarray]:
+        """The fidelity gate's reference images: real OK crops where any are stored."""
+        crops = []
+        for path in datasets.first_images("ok", REFERENCE_IMAGES):
+            with contextlib.suppress(OSError, EngineError):
+                crops.append(decode_image(path.read_bytes(), config.limits))
+        return crops
+
+    return PatchCore(FeatureExtractor(backbone, stored_ok_crops), config, cache)
 
 
 def bootstrap(

@@ -14,7 +14,7 @@ from agent.replies import Reply
 from agent.services import Services
 from agent.stats import Stats
 from agent.worker import Worker
-from engine.features import MODEL_NAME
+from engine.backbone.weights import MODEL_NAME
 
 
 class Bus:
@@ -57,7 +57,13 @@ class Bus:
             "version": __version__,
             "mqtt": self.mqtt_state,
             "queue_size": self.worker.queue_size,
+            "runtime": services.settings.runtime,
+            "precision": services.settings.precision,
         }
+        if ready:
+            choice = extractor.choice
+            body["runtime"], body["precision"] = choice.runtime, choice.precision
+            body["runtime_reason"] = choice.reason
         reason = services.model_unavailable()
         if reason is not None:
             body["reason"] = reason

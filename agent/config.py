@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -83,7 +83,18 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(None, description="default <data_root>/models")
     backbone_weights: str = Field("hub", description="file path | hub | random")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    precision: str = Field("auto", description="auto | fp32 | bf16 | fp16")
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
+        "auto", description="backbone runtime; auto: the fastest that passes the fidelity gate"
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
+        "auto", description="backbone precision; auto: those the hardware runs natively"
+    )
+    runtime_dir: Path | None = Field(
+        None, description="exported backbones and runtime choices; default <models>/runtime"
+    )
+    runtime_trial_s: float = Field(
+        30.0, gt=0, le=600, description="timing budget of the runtime trial at first start"
+    )
     threads: int | None = Field(None, ge=1, description="CPU threads for torch")
     input_size: int = Field(448, ge=14, le=2048, description="long side fed to the backbone")
     layers: list[int] = Field(default_factory=lambda: [-1], description="ViT blocks used")
@@ -110,6 +121,10 @@ class Settings(BaseSettings):
     @property
     def models_root(self) -> Path:
         return self.models_dir or self.data_root / "models"
+
+    @property
+    def runtime_root(self) -> Path:
+        return self.runtime_dir or self.models_root / "runtime"
 
     @classmethod
     def settings_customise_sources(

@@ -344,6 +344,7 @@ def _judge_one(
         "token_shape": list(verdict.token_shape),
         "regions": [region.to_dict() for region in verdict.regions],
         "model_version": memory.info.model_version,
+        "runtime": services.core.extractor.runtime_id,
     }
     if verdict.heatmap_png is not None:
         body["heatmap_png_base64"] = base64.b64encode(verdict.heatmap_png).decode("ascii")
@@ -363,7 +364,14 @@ def infer_batch(cmd: InferBatch, services: Services, checkpoint: Checkpoint) -> 
 
 
 def manifest(cmd: Manifest, services: Services, checkpoint: Checkpoint) -> Body:
-    return roi_manifest(services.models, services.datasets, roi_key(cmd))
+    body = roi_manifest(services.models, services.datasets, roi_key(cmd))
+    if services.model_state == "ready":
+        # The memory may have been built by another runtime; every runtime that serves
+        # passed the same fidelity gate against torch fp32, so their features agree.
+        choice = services.core.extractor.choice
+        body["serving_runtime"] = services.core.extractor.runtime_id
+        body["serving_runtime_reason"] = choice.reason
+    return body
 
 
 def dataset_list(cmd: DatasetList, services: Services, checkpoint: Checkpoint) -> Body:

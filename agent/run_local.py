@@ -47,7 +47,7 @@ def check_weights(settings: Settings) -> WeightsCheck:
     """Where the agent's weights would come from (the setting, else a default imported
     into the data root, else the hub), looking only at local files."""
     from agent.ops.weights import effective_weights
-    from engine.features import HUB_REPO
+    from engine.backbone.weights import HUB_REPO
 
     choice = effective_weights(settings)
     if choice.spec == "random":
@@ -68,7 +68,7 @@ def check_weights(settings: Settings) -> WeightsCheck:
 
 
 def missing_weights_banner(check: WeightsCheck, http_url: str | None) -> list[str]:
-    from engine.features import HUB_REPO
+    from engine.backbone.weights import HUB_REPO
 
     health = f"{http_url}/health" if http_url else "health"
     return [

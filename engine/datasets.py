@@ -12,6 +12,7 @@ A write that fails (disk full, read-only) removes what it had claimed and raises
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import json
@@ -112,6 +113,17 @@ class DatasetStore:
 
     def count(self, key: RoiKey, label: str) -> int:
         return len(self.list(key, label))
+
+    def first_images(self, label: str, n: int) -> builtins.list[Path]:
+        """Up to ``n`` stored images of ``label``, across every ROI, in name order."""
+        found: builtins.list[Path] = []
+        for folder in sorted(self.root.glob(f"*/*/*/{label}")):
+            for path in sorted(folder.iterdir()):
+                if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
+                    found.append(path)
+                    if len(found) == n:
+                        return found
+        return found
 
     def delete(self, key: RoiKey, label: str, file: str) -> int:
         if not file or any(c in file for c in "/\\\0") or file.startswith("."):

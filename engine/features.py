@@ -1,73 +1,84 @@
-"""DINOv2 ViT-S/14 patch features through timm.
+"""Patch features of DINOv2 ViT-S/14, on the runtime that serves best on this machine.
 
-Weights come from exactly one place, named by ``BackboneConfig.weights``:
-a ``.pth``/``.safetensors`` file (timm or Meta key layout), ``hub`` (the Hugging Face
-cache, then the hub) or ``random`` (seeded random initialisation, for tests and the
-demo only). A source that fails raises ``ModelUnavailable``; there is no fallback.
-torch and timm are imported on first use so that importing the engine stays cheap.
+``FeatureExtractor`` owns the timm model (the weights come from ``engine.backbone.weights``)
+and the runner chosen for it (``engine.backbone.trial``): torch, ONNX Runtime or
+OpenVINO, at the precision that is fastest here among those shown to give the same
+features as torch fp32. torch and timm are imported on first use so that importing the
+engine stays cheap.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine.backbone.choose import Choice, TrialSetup
+from engine.backbone.hardware import Hardware, detect
+from engine.backbone.runners import Runner
+from engine.backbone.weights import (
+    HOW_TO_PROVIDE,
+    HUB_REPO,
+    MODEL_NAME,
+    WeightsInfo,
+    build_vit,
+    cpu_threads,
+)
 from engine.errors import ModelUnavailable
 from engine.preprocess import normalise
 
 if TYPE_CHECKING:
     import torch
 
-MODEL_NAME = "vit_small_patch14_dinov2.lvd142m"
-HUB_REPO = "timm/vit_small_patch14_dinov2.lvd142m"
-RANDOM_SEED = 0
+__all__ = ["HOW_TO_PROVIDE", "HUB_REPO", "MODEL_NAME", "BackboneConfig", "FeatureExtractor"]
 
-HOW_TO_PROVIDE = (
-    "provide DINOv2 ViT-S/14 weights: set BDI_BACKBONE_WEIGHTS to a .pth/.safetensors file "
-    f"(timm or Meta layout), or put '{HUB_REPO}' in the Hugging Face cache (HF_HOME); "
-    "BDI_BACKBONE_WEIGHTS=random runs with random weights (demo and tests only)"
-)
+ReferenceImages = Callable[[], Sequence[np.ndarray]]
 
 
 @dataclass(frozen=True)
 class BackboneConfig:
     weights: str = "hub"  # "hub" | "random" | path to a .pth/.safetensors file
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
-    precision: str = "auto"  # "auto" (fp16 on GPU, bf16 on CPU) | "fp32" | "bf16" | "fp16"
+    runtime: str = "auto"  # "auto" | "torch" | "onnxruntime" | "openvino"
+    precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16" | "int8"
     layers: tuple[int, ...] = (-1,)  # transformer blocks whose patch tokens are used
     threads: int | None = None  # CPU threads; None = every core
     input_size: int = 448
-
-
-@dataclass(frozen=True)
-class WeightsInfo:
-    label: str  # "pretrained" | "file:<name>" | "random" (the contract's health field)
-    sha256: str  # hash of the loaded tensors: memories are only valid with the same weights
+    runtime_dir: Path | None = None  # exported backbones and remembered choices
+    trial_budget_s: float = 30.0
 
 
 class FeatureExtractor:
     """Patch embeddings of RGB images: (N, H, W, 3) uint8 -> (N, H/14, W/14, C) float32.
 
-    The model is built on the first call to ``load()`` (or ``extract()``); it is safe
-    to call ``load()`` from several threads.
+    The model is built and its runtime chosen on the first call to ``load()`` (or
+    ``extract()``); it is safe to call ``load()`` from several threads. ``reference_images``
+    gives the fidelity gate real crops (a ROI's stored OK images) when there are any.
     """
 
-    def __init__(self, config: BackboneConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: BackboneConfig | None = None,
+        reference_images: ReferenceImages | None = None,
+        hardware: Hardware | None = None,
+    ) -> None:
         self.config = config or BackboneConfig()
+        self.reference_images = reference_images
+        self._hardware = hardware  # None: detected (tests pass one to simulate a CPU)
         self._model: Any = None
+        self._runner: Runner | None = None
+        self._choice: Choice | None = None
         self._device: torch.device | None = None
         self._weights: WeightsInfo | None = None
         self._lock = threading.Lock()
 
     @property
     def loaded(self) -> bool:
-        return self._model is not None
+        return self._runner is not None
 
     @property
     def weights(self) -> WeightsInfo:
@@ -81,55 +92,76 @@ class FeatureExtractor:
         return str(self._device)
 
     @property
+    def choice(self) -> Choice:
+        """The runtime and precision that serve, and why."""
+        self.load()
+        assert self._choice is not None
+        return self._choice
+
+    @property
+    def runtime_id(self) -> str:
+        """``torch-fp32``, ``onnxruntime-int8``, …: what memories record they were built with."""
+        return f"{self.choice.runtime}-{self.choice.precision}"
+
+    @property
     def feature_id(self) -> str:
-        """Identifies everything that changes an embedding: weights, input size, layers."""
+        """Identifies the feature space: weights, input size, layers. Every runtime that
+        serves passed the fidelity gate against torch fp32, so it shares this id."""
         cfg = self.config
         layers = ",".join(str(i) for i in cfg.layers)
         return f"{self.weights.sha256[:16]}-s{cfg.input_size}-l{layers}"
 
+    @property
+    def cache_id(self) -> str:
+        """The embedding cache's key: the feature space and the runtime that computed it."""
+        return f"{self.feature_id}-{self.runtime_id}"
+
     def load(self) -> None:
         with self._lock:
-            if self._model is None:
-                self._model, self._device, self._weights = _build(self.config)
+            if self._runner is None:
+                self._build()
+
+    def reselect(self) -> Choice:
+        """Run the trial again, ignoring the remembered choice (``bdi-agent runtime probe``)."""
+        self.load()
+        with self._lock:
+            self._select(force=True)
+        return self.choice
 
     def extract(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB, H and W multiples of 14 -> (N, H/14, W/14, C) float32."""
+        self.load()
+        assert self._runner is not None
+        return self._runner.run(normalise(images))
+
+    def _build(self) -> None:
         import torch
 
-        self.load()
-        assert self._device is not None
-        x = torch.from_numpy(normalise(images)).to(self._device)
-        dtype = _autocast_dtype(self.config.precision, self._device)
-        with (
-            torch.inference_mode(),
-            torch.autocast(
-                device_type=self._device.type,
-                dtype=dtype or torch.float32,
-                enabled=dtype is not None,
-            ),
-        ):
-            maps = self._model.forward_intermediates(
-                x,
-                indices=list(self.config.layers),
-                norm=True,
-                output_fmt="NCHW",
-                intermediates_only=True,
-            )
-        feats = torch.cat([m.float() for m in maps], dim=1)  # (N, C, h, w)
-        return np.ascontiguousarray(feats.permute(0, 2, 3, 1).cpu().numpy())
+        device = resolve_device(self.config.device)
+        if device.type == "cpu":
+            torch.set_num_threads(cpu_threads(self.config.threads))
+        model, weights = build_vit(self.config.weights)
+        self._model, self._weights, self._device = model.to(device), weights, device
+        self._select(force=False)
 
+    def _select(self, force: bool) -> None:
+        from engine.backbone.trial import select
 
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    import torch
-
-    if precision == "auto":
-        precision = "fp16" if device.type == "cuda" else "bf16"
-    table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in table:
-        raise ValueError(f"precision must be one of auto/fp32/bf16/fp16, got {precision!r}")
-    if precision == "fp16" and device.type != "cuda":
-        return torch.bfloat16  # fp16 matmuls on CPU are slow; bf16 is the CPU's half type
-    return table[precision]
+        cfg, device = self.config, self._device
+        assert self._weights is not None and device is not None
+        setup = TrialSetup(
+            hardware=self._hardware or detect(str(device)),
+            runtime=cfg.runtime,
+            precision=cfg.precision,
+            layers=cfg.layers,
+            input_size=cfg.input_size,
+            threads=cpu_threads(cfg.threads),
+            folder=cfg.runtime_dir,
+            budget_s=cfg.trial_budget_s,
+            weights_sha256=self._weights.sha256,
+        )
+        images = self.reference_images() if self.reference_images is not None else ()
+        self._runner, self._choice = select(self._model, device, setup, images, force)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -140,115 +172,3 @@ def resolve_device(spec: str) -> torch.device:
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise ModelUnavailable(f"device {spec!r} requested but CUDA is not available")
     return torch.device(spec)
-
-
-def _build(config: BackboneConfig) -> tuple[Any, torch.device, WeightsInfo]:
-    import timm
-    import torch
-
-    device = resolve_device(config.device)
-    if device.type == "cpu":
-        torch.set_num_threads(config.threads or os.cpu_count() or 1)
-    with torch.random.fork_rng(devices=[]):
-        # Seeded so that every process builds the same "random" weights: a memory fitted
-        # by one agent stays valid for another sharing the data root.
-        torch.manual_seed(RANDOM_SEED)
-        model = timm.create_model(
-            MODEL_NAME, pretrained=False, num_classes=0, dynamic_img_size=True
-        )
-    label = "random"
-    if config.weights != "random":
-        path, label = _locate_weights(config.weights)
-        load_weights_file(model, path)
-    model.eval().requires_grad_(False).to(device)
-    return model, device, WeightsInfo(label=label, sha256=_tensor_hash(model))
-
-
-def _locate_weights(spec: str) -> tuple[Path, str]:
-    if spec == "hub":
-        return _hub_weights(), "pretrained"
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise ModelUnavailable(f"weights file {path} not found; {HOW_TO_PROVIDE}")
-    return path, f"file:{path.name}"
-
-
-def _hub_weights() -> Path:
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as exc:  # pragma: no cover - a dependency of timm
-        raise ModelUnavailable(f"huggingface_hub missing ({exc}); {HOW_TO_PROVIDE}") from None
-    try:
-        return Path(hf_hub_download(HUB_REPO, "model.safetensors", local_files_only=True))
-    except Exception:
-        pass  # not cached: try the hub itself below
-    try:
-        return Path(hf_hub_download(HUB_REPO, "model.safetensors"))
-    except Exception as exc:
-        raise ModelUnavailable(
-            f"DINOv2 weights are not in the Hugging Face cache and the hub is unreachable "
-            f"({type(exc).__name__}); {HOW_TO_PROVIDE}"
-        ) from None
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file, unwrapped from training wrappers and prefixes."""
-    import torch
-
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            raw: Any = load_file(str(path))
-        else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelUnavailable(
-            f"weights file {path.name} could not be read ({type(exc).__name__}: {exc}); "
-            f"{HOW_TO_PROVIDE}"
-        ) from None
-    for wrapper in ("teacher", "model", "state_dict"):
-        if isinstance(raw, dict) and isinstance(raw.get(wrapper), dict):
-            raw = raw[wrapper]
-    if not isinstance(raw, dict):
-        raise ModelUnavailable(f"weights file {path.name} holds no state dict; {HOW_TO_PROVIDE}")
-    out = {}
-    for key, value in raw.items():
-        for prefix in ("module.", "backbone."):
-            key = key.removeprefix(prefix)
-        out[key] = value
-    return out
-
-
-def load_weights_file(model: Any, path: Path) -> None:
-    """Load a timm- or Meta-layout DINOv2 ViT-S/14 checkpoint, every key and shape checked."""
-    from timm.models.vision_transformer import checkpoint_filter_fn
-
-    state = read_state_dict(path)
-    patch = state.get("patch_embed.proj.weight")
-    if patch is None or tuple(patch.shape) != (384, 3, 14, 14):
-        # timm would silently resample another patch size: refuse it instead.
-        found = "missing" if patch is None else list(patch.shape)
-        raise ModelUnavailable(
-            f"weights file {path.name} is not a DINOv2 ViT-S/14 checkpoint "
-            f"(patch_embed.proj.weight {found}, expected [384, 3, 14, 14]); {HOW_TO_PROVIDE}"
-        )
-    try:
-        # Converts Meta's layout (it carries mask_token) and resamples pos_embed.
-        state = checkpoint_filter_fn(state, model)
-        state = {k: v for k, v in state.items() if not k.startswith(("head.", "dino_head"))}
-        model.load_state_dict(state, strict=True)
-    except Exception as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelUnavailable(
-            f"weights file {path.name} is not a DINOv2 ViT-S/14 checkpoint ({message[:300]}); "
-            f"{HOW_TO_PROVIDE}"
-        ) from None
-
-
-def _tensor_hash(model: Any) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu", copy=True).contiguous().numpy().tobytes())
-    return digest.hexdigest()

@@ -26,6 +26,8 @@ def roi_manifest(models: ModelStore, datasets: DatasetStore, key: RoiKey) -> dic
             "mm_per_px": info.mm_per_px,
             "model_version": info.model_version,
             "created_at": info.created_at,
+            # Memories older than the runtime choice were all built by torch fp32.
+            "runtime": info.runtime or "torch-fp32",
         }
     try:
         calibration = models.load_calibration(key)

@@ -47,6 +47,9 @@ class MemoryInfo:
     coreset_rate_applied: float
     metric: str = "cosine"
     feature_id: str = ""  # weights hash + input size + layers; "" for legacy memories
+    # The backbone runtime and precision whose features built it ("torch-fp32",
+    # "onnxruntime-int8"); "" for memories older than the runtime choice (torch).
+    runtime: str = ""
     ok_scale: float = 0.0  # heatmap norm when uncalibrated: typical OK image score
     n_samples: int = 0
     shape: dict[str, Any] | None = None

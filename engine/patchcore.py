@@ -119,7 +119,9 @@ class PatchCore:
     ) -> list[Embedded]:
         """Embeddings of stored samples, from the cache where possible; the backbone runs
         on the others in chunks of ``fit_chunk``, with ``checkpoint`` called between."""
-        feature_id = self.extractor.feature_id
+        # Keyed by runtime too: embeddings of another runtime are close, not equal, and a
+        # memory must be built from the features of the runtime it records.
+        feature_id = self.extractor.cache_id
         out: list[Embedded | None] = [None] * len(samples)
         missing = []
         for i, sample in enumerate(samples):
@@ -185,6 +187,7 @@ class PatchCore:
             coreset_rate_applied=len(chosen) / len(all_patches),
             metric=self.config.metric,
             feature_id=self.extractor.feature_id,
+            runtime=self.extractor.runtime_id,
             n_samples=len(samples),
             shape=spec,
             sample_sha256=[s.sha256 for s in samples],

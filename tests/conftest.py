@@ -24,7 +24,7 @@ SIZE = 224
 @pytest.fixture(scope="session")
 def extractor() -> FeatureExtractor:
     """Real timm DINOv2 ViT-S/14, random weights, 224-px input (16x16 tokens) for speed."""
-    fx = FeatureExtractor(BackboneConfig(weights="random", input_size=224, precision="fp32"))
+    fx = FeatureExtractor(BackboneConfig(weights="random", input_size=224, runtime="torch", precision="fp32"))
     fx.load()
     return fx
 
@@ -35,6 +35,7 @@ def agent_settings(data_root: Path, **overrides: Any) -> Settings:
         "backbone_weights": "random",
         "input_size": SIZE,
         "precision": "fp32",
+        "runtime": "torch",
         "coreset_min": 256,
         "rois_file": data_root / "rois.yaml",
         "mqtt": {"enabled": False},

@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cli_env(data_root: Path, **extra: str) -> dict[str, str]:
     """A ``bdi-agent`` subprocess's environment: offline, random weights unless overridden,
-    224-px input, no adapters. A value of ``"<unset>"`` removes that variable."""
+    224-px input, torch fp32 (no runtime trial), no adapters. A value of ``"<unset>"``
+    removes that variable."""
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -18,6 +19,8 @@ def cli_env(data_root: Path, **extra: str) -> dict[str, str]:
         "BDI_DATA_ROOT": str(data_root),
         "BDI_BACKBONE_WEIGHTS": "random",
         "BDI_INPUT_SIZE": "224",
+        "BDI_RUNTIME": "torch",
+        "BDI_PRECISION": "fp32",
         "BDI_MQTT__ENABLED": "false",
         "BDI_FOLDERS__ENABLED": "false",
         "BDI_HTTP__ENABLED": "false",

@@ -154,8 +154,13 @@ def check_checkpoint(path: Path) -> tuple[str, str]:
     import timm
     import torch
 
+    from engine.backbone.weights import (
+        MODEL_NAME,
+        load_weights_file,
+        read_state_dict,
+        tensor_hash,
+    )
     from engine.errors import ModelUnavailable
-    from engine.features import MODEL_NAME, _tensor_hash, load_weights_file, read_state_dict
 
     try:
         raw = read_state_dict(path)
@@ -180,7 +185,7 @@ def check_checkpoint(path: Path) -> tuple[str, str]:
         load_weights_file(model, path)  # the agent's own loader: what passes here loads
     except ModelUnavailable as exc:
         raise OpsError(_plain(exc)) from None
-    return _tensor_hash(model), layout
+    return tensor_hash(model), layout
 
 
 def _layout_problems(tensors: dict[str, Any], expected: dict[str, tuple[int, ...]]) -> list[str]:
@@ -213,7 +218,7 @@ def _layout_problems(tensors: dict[str, Any], expected: dict[str, tuple[int, ...
 
 def _plain(exc: Exception) -> str:
     """The engine's message without its advice on BDI_BACKBONE_WEIGHTS (not apt here)."""
-    from engine.features import HOW_TO_PROVIDE
+    from engine.backbone.weights import HOW_TO_PROVIDE
 
     return str(exc).replace(f"; {HOW_TO_PROVIDE}", "")
 
@@ -275,6 +280,9 @@ def cpu_extractor(settings: Settings, spec: str) -> FeatureExtractor:
         BackboneConfig(
             weights=spec,
             device="cpu",
+            # Only the weights are in question: no runtime trial.
+            runtime="torch",
+            precision="fp32",
             layers=tuple(settings.layers),
             threads=settings.threads,
             input_size=settings.input_size,

@@ -79,6 +79,7 @@ def test_files_in_flight_at_sigkill_are_handled_once_after_restart(
         data,
         BDI_INPUT_SIZE="112",
         BDI_PRECISION="fp32",
+        BDI_RUNTIME="torch",
         BDI_CORESET_MIN="256",
         BDI_FOLDERS__ENABLED="true",
         BDI_FOLDERS__SETTLE_MS="100",

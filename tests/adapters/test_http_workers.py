@@ -38,6 +38,7 @@ def standalone_env(data_root: Path) -> dict[str, str]:
         "BDI_BACKBONE_WEIGHTS": "random",
         "BDI_INPUT_SIZE": "224",
         "BDI_PRECISION": "fp32",
+        "BDI_RUNTIME": "torch",
         "BDI_THREADS": "1",  # two workers on two cores
         "BDI_CORESET_MIN": "256",
         "BDI_MQTT__ENABLED": "false",

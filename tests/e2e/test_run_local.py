@@ -11,7 +11,7 @@ import pytest
 from agent.config import Settings
 from agent.demo_procs import answers
 from agent.run_local import check_weights, plan_mqtt
-from engine.features import HUB_REPO
+from engine.backbone.weights import HUB_REPO
 from tests.adapters.mqtt_support import free_port
 from tests.e2e.support import FrontDoor, alive, clean_env, wait_json
 

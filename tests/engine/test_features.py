@@ -10,8 +10,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from engine.backbone.weights import MODEL_NAME
 from engine.errors import ModelUnavailable
-from engine.features import MODEL_NAME, BackboneConfig, FeatureExtractor
+from engine.features import BackboneConfig, FeatureExtractor
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,9 @@ def other_state() -> dict[str, torch.Tensor]:
 
 
 def _features(weights: str, images: np.ndarray) -> tuple[np.ndarray, FeatureExtractor]:
-    fx = FeatureExtractor(BackboneConfig(weights=weights, input_size=70, precision="fp32"))
+    fx = FeatureExtractor(
+        BackboneConfig(weights=weights, input_size=70, runtime="torch", precision="fp32")
+    )
     return fx.extract(images), fx
 
 

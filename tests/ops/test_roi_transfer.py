@@ -82,7 +82,7 @@ def test_a_memory_built_with_other_weights_is_refused_unless_forced(
     export_roi(lab.services.models, lab.services.datasets, KEY, archive, with_dataset=False)
     # The line PC's agent runs real (here: other) weights: its feature id differs.
     other = FeatureExtractor(
-        BackboneConfig(weights=str(checkpoints["safetensors"]), input_size=224)
+        BackboneConfig(weights=str(checkpoints["safetensors"]), input_size=224, runtime="torch")
     )
     line = make_agent(tmp_path / "line")
     models, datasets = line.services.models, line.services.datasets

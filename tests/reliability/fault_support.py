@@ -148,6 +148,7 @@ class HttpAgent(FrontDoor):
         self.env = cli_env(
             data_root,
             BDI_PRECISION="fp32",
+            BDI_RUNTIME="torch",
             BDI_CORESET_MIN="256",
             BDI_HTTP__ENABLED="true",
             BDI_HTTP__HOST="127.0.0.1",

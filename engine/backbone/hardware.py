@@ -1,0 +1,67 @@
+"""What the machine can do natively, detected, never assumed.
+
+A precision is only a candidate where the hardware runs it natively: bf16 on a CPU with
+AVX512-BF16 or AMX (emulated elsewhere, several times slower than fp32), bf16 and fp16 on
+a CUDA GPU. The CPU and GPU model names key the remembered runtime choice: a data root
+moved to another machine runs the trial again.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+# /proc/cpuinfo flags that mean bf16 matrix arithmetic in hardware.
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: str  # "cpu" | "cuda" | "cuda:N"
+    cpu_model: str
+    cpu_flags: frozenset[str]
+    gpu_model: str = ""
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def native(self, precision: str) -> bool:
+        """True when ``precision`` runs in hardware on this device (int8 runs on every
+        CPU through VNNI or plain integer SIMD; its speed is what the trial measures)."""
+        if precision in ("fp32", "int8"):
+            return True
+        if self.on_gpu:
+            return precision in ("fp16", "bf16")
+        return precision == "bf16" and bool(self.cpu_flags & BF16_FLAGS)
+
+    def describe(self) -> str:
+        return self.gpu_model if self.on_gpu else self.cpu_model
+
+
+def detect(device: str) -> Hardware:
+    """The hardware behind ``device`` (a resolved torch device string)."""
+    model, flags = _cpu_info()
+    gpu = ""
+    if device.startswith("cuda"):
+        import torch
+
+        gpu = torch.cuda.get_device_name(device)
+    return Hardware(device=device, cpu_model=model, cpu_flags=flags, gpu_model=gpu)
+
+
+def _cpu_info() -> tuple[str, frozenset[str]]:
+    model, flags = "", frozenset[str]()
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = ""  # not Linux: no bf16 claimed; fp32 and int8 are still tried
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key in ("flags", "Features") and not flags:
+            flags = frozenset(value.split())
+    return model or platform.machine(), flags

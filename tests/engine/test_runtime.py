@@ -1,0 +1,237 @@
+"""The backbone runtime: the trial, the fidelity gate, artefacts on disk, the memory's
+runtime. Small inputs (112 px, 8x8 tokens) keep every trial to seconds."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.backbone.artefacts import Artefacts, _valid
+from engine.backbone.choose import Candidate, TrialSetup, candidates, trial_key
+from engine.backbone.hardware import Hardware
+from engine.backbone.weights import MODEL_NAME
+from engine.features import BackboneConfig, FeatureExtractor
+from engine.patchcore import PatchCore, Sample
+from tests.support import ROOT
+from tests.synthetic.discs import encode_png, make_set
+
+SIZE = 112
+AVX2_ONLY = Hardware("cpu", "test CPU (AVX2)", frozenset({"avx2", "fma"}))
+WITH_BF16 = Hardware("cpu", "test CPU (AVX512-BF16)", frozenset({"avx2", "avx512_bf16"}))
+
+
+def extractor(folder: Path | None, hardware: Hardware = AVX2_ONLY, **config) -> FeatureExtractor:
+    values = {"weights": "random", "input_size": SIZE, "runtime_dir": folder, "trial_budget_s": 2}
+    return FeatureExtractor(BackboneConfig(**{**values, **config}), hardware=hardware)
+
+
+def other_model(seed: int) -> torch.nn.Module:
+    """Other weights whose blocks count: random DINOv2 blocks start scaled by 1e-5
+    (LayerScale) and change the features by little, so the scales are set to 1."""
+    import timm
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = timm.create_model(
+            MODEL_NAME, pretrained=False, num_classes=0, dynamic_img_size=True
+        )
+    for name, parameter in model.named_parameters():
+        if name.endswith("gamma"):
+            parameter.data.fill_(1.0)
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def trial_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("runtime")
+
+
+@pytest.fixture(scope="module")
+def auto(trial_dir: Path) -> FeatureExtractor:
+    """One full trial on a simulated AVX2-only CPU, shared by the tests below."""
+    fx = extractor(trial_dir)
+    fx.load()
+    return fx
+
+
+@pytest.fixture(scope="module")
+def discs() -> list[np.ndarray]:
+    return [d.image for d in make_set(seed=5, n_ok=6, n_per_defect=1, size=SIZE)]
+
+
+def test_auto_never_takes_a_precision_the_hardware_lacks() -> None:
+    setup = TrialSetup(hardware=AVX2_ONLY)
+    allowed, skipped = candidates(setup)
+    assert Candidate("torch", "bf16") not in allowed
+    assert any(r.precision == "bf16" and "no native bf16" in r.reason for r in skipped)
+    assert (
+        Candidate("torch", "bf16") in candidates(dataclasses.replace(setup, hardware=WITH_BF16))[0]
+    )
+    gpu = Hardware("cuda", "", frozenset(), gpu_model="test GPU")
+    assert Candidate("torch", "fp16") in candidates(TrialSetup(hardware=gpu))[0]
+    assert Candidate("torch", "fp16") not in candidates(TrialSetup(hardware=WITH_BF16))[0]
+    # Set explicitly, bf16 is honoured even where it is emulated.
+    pinned = TrialSetup(hardware=AVX2_ONLY, runtime="torch", precision="bf16")
+    assert candidates(pinned)[0] == [Candidate("torch", "bf16")]
+
+
+def test_the_trial_picks_a_gated_runtime_and_remembers_it(
+    auto: FeatureExtractor, trial_dir: Path, discs: list[np.ndarray]
+) -> None:
+    choice = auto.choice
+    assert choice.source == "trial"
+    rows = {(r.runtime, r.precision): r for r in choice.rows}
+    assert rows[("torch", "bf16")].status == "unsupported"
+    chosen = rows[(choice.runtime, choice.precision)]
+    assert chosen.status == "chosen" and chosen.cos_mean >= 0.999 and chosen.cos_min >= 0.99
+    timed = [r for r in choice.rows if r.ms is not None]
+    assert chosen.ms == min(r.ms for r in timed)
+    assert rows[("onnxruntime", "int8")].status in ("chosen", "passed")
+    assert choice.reason.startswith(f"{choice.runtime} {choice.precision}: ")
+    record = json.loads(next(trial_dir.glob("choice-*.json")).read_text())
+    assert (record["runtime"], record["precision"]) == (choice.runtime, choice.precision)
+
+    again = extractor(trial_dir)
+    again.load()
+    assert again.choice.source == "remembered" and again.runtime_id == auto.runtime_id
+    batch = np.stack(discs[:2])
+    reference = extractor(None, runtime="torch", precision="fp32").extract(batch)
+    got = again.extract(batch)
+    cos = (
+        (got * reference).sum(-1)
+        / np.linalg.norm(got, axis=-1)
+        / np.linalg.norm(reference, axis=-1)
+    )
+    assert cos.mean() >= 0.999 and cos.min() >= 0.99
+
+
+def test_changes_that_matter_rerun_the_trial(auto: FeatureExtractor, monkeypatch) -> None:
+    setup = TrialSetup(hardware=AVX2_ONLY, weights_sha256="a" * 64, input_size=SIZE)
+    key = trial_key(setup)
+    assert trial_key(dataclasses.replace(setup, weights_sha256="b" * 64)) != key
+    assert trial_key(dataclasses.replace(setup, input_size=SIZE + 14)) != key
+    assert trial_key(dataclasses.replace(setup, hardware=WITH_BF16)) != key
+    real_version = __import__("importlib.metadata").metadata.version
+    monkeypatch.setattr(
+        "importlib.metadata.version",
+        lambda name: "99.0" if name == "onnxruntime" else real_version(name),
+    )
+    assert trial_key(setup) != key
+
+
+def test_another_input_size_runs_a_new_trial(trial_dir: Path, auto: FeatureExtractor) -> None:
+    other = extractor(trial_dir, input_size=SIZE + 14)
+    other.load()
+    assert other.choice.source == "trial"
+    assert len(list(trial_dir.glob("choice-*.json"))) == 2
+
+
+def test_a_wrong_export_fails_the_gate_and_the_next_candidate_serves(tmp_path: Path) -> None:
+    """An ONNX file exported from other weights, planted where the agent's would be (its
+    hash record intact): it loads, runs, and is refused by the gate."""
+    stranger = other_model(99)
+    fx = extractor(tmp_path)
+    fx_weights = extractor(None, runtime="torch", precision="fp32")
+    fx_weights.load()
+    Artefacts(tmp_path, stranger, fx_weights.weights.sha256, (-1,)).onnx("fp32")
+    fx.load()
+    rows = {(r.runtime, r.precision): r for r in fx.choice.rows}
+    assert rows[("onnxruntime", "fp32")].status == "failed_gate"
+    assert "under the gate" in rows[("onnxruntime", "fp32")].reason
+    # int8 and OpenVINO are derived from the same (wrong) fp32 file: refused as well.
+    assert rows[("onnxruntime", "int8")].status == "failed_gate"
+    assert rows[("openvino", "fp32")].status == "failed_gate"
+    assert fx.choice.runtime == "torch" and fx.choice.source == "trial"
+
+
+def test_a_pinned_runtime_that_fails_the_gate_does_not_serve(tmp_path: Path) -> None:
+    stranger = other_model(98)
+    fx = extractor(tmp_path, runtime="onnxruntime", precision="fp32")
+    reference = extractor(None, runtime="torch", precision="fp32")
+    reference.load()
+    Artefacts(tmp_path, stranger, reference.weights.sha256, (-1,)).onnx("fp32")
+    with pytest.raises(Exception, match="no backbone runtime passed the fidelity gate"):
+        fx.load()
+
+
+def test_a_corrupt_artefact_is_rebuilt_and_gated_again(tmp_path: Path) -> None:
+    first = extractor(tmp_path, runtime="onnxruntime", precision="int8")
+    first.load()
+    [artefact] = tmp_path.glob("*/trunk-int8.onnx")
+    artefact.write_bytes(artefact.read_bytes()[:1000])  # a torn write, a bad sector
+    again = extractor(tmp_path, runtime="onnxruntime", precision="int8")
+    again.load()
+    assert _valid(artefact) and again.runtime_id == "onnxruntime-int8"
+    images = np.stack([np.full((SIZE, SIZE, 3), 90, np.uint8)])
+    assert np.allclose(again.extract(images), first.extract(images), atol=1e-4)
+
+
+KILL_SCRIPT = """
+import sys
+from pathlib import Path
+from engine.backbone.artefacts import Artefacts
+from engine.backbone.weights import build_vit
+model, weights = build_vit("random")
+print("ready", flush=True)
+Artefacts(Path(sys.argv[1]), model, weights.sha256, (-1,)).onnx("fp32")
+"""
+
+
+def test_a_sigkill_while_an_artefact_is_written_leaves_no_half_file(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith(b"ready")
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("*/.atomic-*")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        temp = list(tmp_path.glob("*/.atomic-*"))
+        assert temp, "the export never started"
+        while temp[0].exists() and temp[0].stat().st_size == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    final = list(tmp_path.glob("*/trunk-fp32.onnx"))
+    assert not final or _valid(final[0])  # nothing, or a whole file vouched for
+    fx = extractor(tmp_path, runtime="onnxruntime", precision="fp32")
+    fx.load()  # builds it anew (or uses the whole one) and serves
+    assert fx.runtime_id == "onnxruntime-fp32"
+
+
+def test_a_missing_extra_is_reported_not_a_crash(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    fx = extractor(tmp_path, runtime="openvino")
+    with pytest.raises(Exception, match=r"openvino is not installed \(pip install"):
+        fx.load()
+
+
+def test_scores_of_one_memory_agree_across_the_runtimes_it_accepts(
+    tmp_path: Path, discs: list[np.ndarray]
+) -> None:
+    torch_fx = extractor(None, runtime="torch", precision="fp32")
+    memory = PatchCore(torch_fx).fit([Sample.from_bytes(encode_png(d)) for d in discs[:5]], 0.2)
+    assert memory.info.runtime == "torch-fp32"
+    reference = [p.score for p in PatchCore(torch_fx).predict(memory, discs[5:])]
+    for runtime, precision in (
+        ("onnxruntime", "fp32"),
+        ("onnxruntime", "int8"),
+        ("openvino", "fp32"),
+    ):
+        fx = extractor(tmp_path, runtime=runtime, precision=precision)
+        scores = [p.score for p in PatchCore(fx).predict(memory, discs[5:])]
+        assert np.allclose(scores, reference, rtol=1e-3, atol=1e-4), (runtime, precision)
