@@ -27,5 +27,23 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
-    # Libraries that use the standard logging module write JSON-ish lines to stderr.
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    # Libraries' logging records and Python warnings (huggingface_hub, torch, ...) become
+    # JSON lines of the same log, never plain text between them.
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(max(numeric, logging.WARNING))
+    logging.captureWarnings(True)

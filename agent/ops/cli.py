@@ -1,4 +1,5 @@
-"""The operations subcommands of ``bdi-agent``: weights, doctor, backup, restore, roi.
+"""The operations subcommands of ``bdi-agent``: weights, doctor, backup, restore, roi,
+runtime.
 
 Output is for a person at a terminal (``--json`` where a machine may read it). Exit
 codes: 0 done, 1 refused or a check failed, 2 bad usage or configuration.
@@ -18,7 +19,7 @@ from agent.ops.errors import OpsError
 if TYPE_CHECKING:
     from agent.config import Settings
 
-OPS_COMMANDS = frozenset({"weights", "doctor", "backup", "restore", "roi"})
+OPS_COMMANDS = frozenset({"weights", "doctor", "backup", "restore", "roi", "runtime"})
 
 
 def add_parsers(sub: Any) -> None:
@@ -40,6 +41,13 @@ def add_parsers(sub: Any) -> None:
     restore = sub.add_parser("restore", help="put a backup back (stop the agent first)")
     restore.add_argument("file", type=Path, help="FILE.tar.gz")
     restore.add_argument("--force", action="store_true", help="restore over a non-empty data root")
+
+    runtime = sub.add_parser("runtime", help="the backbone runtime trial")
+    runtime_sub = runtime.add_subparsers(dest="runtime_command", required=True)
+    probe = runtime_sub.add_parser(
+        "probe", help="run the runtime trial again, print its table, remember the choice"
+    )
+    probe.add_argument("--json", action="store_true", help="one JSON object")
 
     roi = sub.add_parser("roi", help="move one trained ROI between PCs")
     rsub = roi.add_subparsers(dest="roi_command", required=True)
@@ -64,6 +72,7 @@ def run_ops(args: argparse.Namespace, settings: Settings) -> int:
         "backup": _backup,
         "restore": _restore,
         "roi": _roi,
+        "runtime": _runtime,
     }
     try:
         return handlers[args.command](args, settings)
@@ -204,6 +213,18 @@ def _roi(args: argparse.Namespace, settings: Settings) -> int:
     )
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _runtime(args: argparse.Namespace, settings: Settings) -> int:
+    from agent.ops.runtime import probe, table
+    from engine.errors import ModelUnavailable
+
+    try:
+        choice = probe(settings)
+    except ModelUnavailable as exc:
+        raise OpsError(str(exc)) from None
+    print(json.dumps(choice.to_json()) if args.json else table(choice))
     return 0
 
 

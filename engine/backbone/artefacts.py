@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import logging
 import os
 import tempfile
 import warnings
@@ -152,8 +154,6 @@ def _temp_path(folder: Path, suffix: str):  # type: ignore[no-untyped-def]
 def _quantize_dynamic(fp32: Path, out: Path) -> None:
     """int8 weights, activations quantised per batch at run time: no calibration set, so
     the result depends on the weights alone; the fidelity gate judges it."""
-    import logging
-
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quiet = logging.getLogger()
@@ -177,10 +177,12 @@ def _nncf_int8(ir: Path, model: Any, calibration: Callable[[], list[np.ndarray]]
     import openvino as ov
 
     tokens = [embed_tokens(model, x[None]) for x in calibration()]
-    dataset = nncf.Dataset(tokens)
-    return nncf.quantize(
-        ov.Core().read_model(str(ir)),
-        dataset,
-        subset_size=len(tokens),
-        model_type=nncf.ModelType.TRANSFORMER,
-    )
+    nncf.set_log_level(logging.ERROR)
+    # Its progress bars write to the terminal: never into the agent's JSON log.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return nncf.quantize(
+            ov.Core().read_model(str(ir)),
+            nncf.Dataset(tokens),
+            subset_size=len(tokens),
+            model_type=nncf.ModelType.TRANSFORMER,
+        )

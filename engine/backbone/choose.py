@@ -131,8 +131,9 @@ def candidates(setup: TrialSetup) -> tuple[list[Candidate], list[TrialRow]]:
             if setup.precision not in ("auto", precision):
                 continue
             if precision not in offered(runtime, hw):
-                why = f"{runtime} does not offer {precision} on {hw.device}"
-                skipped.append(TrialRow(runtime, precision, "unsupported", why))
+                if setup.precision != "auto":  # asked for by name: say why it cannot be
+                    why = f"{runtime} does not offer {precision} on {hw.device}"
+                    skipped.append(TrialRow(runtime, precision, "unsupported", why))
             elif setup.precision == "auto" and not hw.native(precision):
                 why = f"no native {precision} on this {'GPU' if hw.on_gpu else 'CPU'}"
                 skipped.append(TrialRow(runtime, precision, "unsupported", why))

@@ -25,7 +25,9 @@ FOLDERS = {"enabled": True, "settle_ms": 100, "fit_debounce_s": 0.5, "rescan_s":
 
 
 def small_extractor() -> FeatureExtractor:
-    fx = FeatureExtractor(BackboneConfig(weights="random", input_size=SIZE, runtime="torch", precision="fp32"))
+    fx = FeatureExtractor(
+        BackboneConfig(weights="random", input_size=SIZE, runtime="torch", precision="fp32")
+    )
     fx.load()
     return fx
 

@@ -121,3 +121,28 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     events += [json.loads(line)["event"] for line in out.splitlines()]
     assert proc.returncode == 0
     assert "starting" in events and "model loaded" in events and events[-1] == "stopped"
+
+
+def test_runtime_probe_prints_the_trial_and_agents_serve_its_choice(tmp_path: Path) -> None:
+    env = cli_env(
+        tmp_path / "data",
+        BDI_RUNTIME="auto",
+        BDI_PRECISION="auto",
+        BDI_INPUT_SIZE="112",
+        BDI_RUNTIME_TRIAL_S="2",
+    )
+    probe = bdi(["runtime", "probe"], env)
+    assert probe.returncode == 0, probe.stderr
+    lines = probe.stdout.splitlines()
+    assert lines[0].split()[:3] == ["runtime", "precision", "status"]
+    assert any(line.split()[:3] == ["torch", "fp32", "passed"] for line in lines) or any(
+        line.split()[:3] == ["torch", "fp32", "chosen"] for line in lines
+    )
+    serving = next(line for line in lines if line.startswith("serving: "))
+    assert "cosine" in serving and "the speed of torch fp32" in serving
+    health = bdi(["health"], env)
+    assert health.returncode == 0, health.stderr
+    body = json.loads(health.stdout)
+    assert f"serving: {body['runtime_reason']}" == serving
+    records = list((tmp_path / "data" / "models" / "runtime").glob("choice-*.json"))
+    assert len(records) == 1
