@@ -5,8 +5,6 @@ Shared by the ``test_http*`` modules, which import its fixtures; it holds no tes
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,17 +49,6 @@ def assert_error(response: httpx.Response, code: int, kind: str) -> dict[str, An
     assert body["request_id"] and body["request_id"] == response.headers["x-request-id"]
     assert body["recipe_id"]
     return body
-
-
-def median_ms(client: httpx.Client, path: str, runs: int = 15) -> float:
-    """Median round trip of a trivial GET on one keep-alive connection. Far under 40 ms
-    unless Nagle's algorithm meets the client's delayed ACK (TCP_NODELAY missing)."""
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        client.get(path).raise_for_status()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 @pytest.fixture
