@@ -37,7 +37,12 @@ from engine.keys import check_id, is_text, normalise_recipe_id
 from engine.numbers import finite_number, short_repr
 from engine.roi_mask import parse_shape
 
-MAX_BATCH_ITEMS = 64
+# The most items any configuration allows (``max_batch_items`` is checked by the worker):
+# past this, a batch is refused before its images are even decoded from base64.
+MAX_BATCH_ITEMS = 256
+# mm per pixel: 0.01-1 on real lines. Past this bound, area_mm2 = area_px * mm_per_px**2
+# can leave float range and make a reply that JSON cannot carry.
+MAX_MM_PER_PX = 1000.0
 MAX_FILE_NAME_BYTES = 255  # one path component on common file systems
 
 
@@ -103,7 +108,10 @@ def _build(
         if not isinstance(items, list) or not items:
             raise bad_request("items must be a non-empty list of infer inputs")
         if len(items) > MAX_BATCH_ITEMS:
-            raise bad_request(f"items holds {len(items)} entries, at most {MAX_BATCH_ITEMS}")
+            raise AgentError(
+                "payload_too_large",
+                f"items holds {len(items)} entries, at most {MAX_BATCH_ITEMS}",
+            )
         parsed = []
         for i, item in enumerate(items):
             if not isinstance(item, Mapping):
@@ -223,8 +231,8 @@ def _scale(p: Mapping[str, Any]) -> float:
     if p.get("mm_per_px") is None:
         raise bad_request("mm_per_px is required")
     value = _number(p.get("mm_per_px"), "mm_per_px")
-    if value <= 0:
-        raise bad_request(f"mm_per_px must be positive, got {value}")
+    if not 0 < value <= MAX_MM_PER_PX:
+        raise bad_request(f"mm_per_px must be positive and at most {MAX_MM_PER_PX:g}, got {value}")
     return value
 
 

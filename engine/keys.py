@@ -68,13 +68,31 @@ def is_text(value: str) -> bool:
     return True
 
 
+def is_topic_text(value: str) -> bool:
+    """Text that MQTT brokers take in a topic name. Ids become topic levels
+    (``roi/<role>/<roi>/state``), and mosquitto drops the connection of a client that
+    publishes a topic holding a control character (C0, DEL, C1) or a non-character
+    (U+FDD0..U+FDEF, U+xxFFFE, U+xxFFFF): one such id would take MQTT down at every
+    reconnect, when every ROI state is published again."""
+    return is_text(value) and not any(_not_for_topics(ord(c)) for c in value)
+
+
+def _not_for_topics(code: int) -> bool:
+    return (
+        code < 0x20 or 0x7F <= code <= 0x9F or 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE
+    )
+
+
 def check_id(name: str, value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise BadInput(f"{name} must be a non-empty string")
     if not is_text(value):  # a lone surrogate ("\ud800" in JSON): no file name holds it
         raise BadInput(f"{name} must be valid Unicode text (no lone surrogates)")
-    if len(value.encode("utf-8")) > MAX_ID_BYTES or any(ord(c) < 32 for c in value):
-        raise BadInput(f"{name} must be at most {MAX_ID_BYTES} bytes of printable characters")
+    if len(value.encode("utf-8")) > MAX_ID_BYTES or not is_topic_text(value):
+        raise BadInput(
+            f"{name} must be at most {MAX_ID_BYTES} bytes of printable characters "
+            "(no control characters, DEL or Unicode non-characters)"
+        )
     return value
 
 

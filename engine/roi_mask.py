@@ -13,6 +13,9 @@ from engine.numbers import finite_number, short_repr
 from engine.preprocess import cv2_module
 
 ShapeSpec = dict[str, Any]
+# A ROI outline needs tens of vertices; a million takes the engine thread for tens of
+# seconds (the points are validated one by one, then drawn).
+MAX_POLYGON_POINTS = 10_000
 
 
 def parse_shape(shape: ShapeSpec | str | None) -> ShapeSpec | None:
@@ -120,6 +123,11 @@ def _points(spec: ShapeSpec) -> np.ndarray:
     points = spec.get("points")
     if not isinstance(points, list) or len(points) < 3:
         raise BadInput("shape.points must be a list of at least 3 [x, y] pairs")
+    if len(points) > MAX_POLYGON_POINTS:
+        raise BadInput(
+            f"shape.points holds {len(points)} points, at most {MAX_POLYGON_POINTS}: "
+            "simplify the polygon"
+        )
     out = []
     for point in points:
         if not isinstance(point, list | tuple) or len(point) != 2:
