@@ -2,7 +2,9 @@
 
 MQTT delivers at least once, so a ``fit_ok`` may arrive twice. The journal lives in the
 data root (SQLite, WAL) so a duplicate is recognised after a restart and by every agent
-process sharing the root.
+process sharing the root. Each result is kept with the request's digest
+(``agent.request_digest``): a repeat is the same request id with the same inputs; the same
+id with other inputs is another request, which the worker refuses.
 
 The agent must start whatever state the file is in. A file that is not a database (a
 disk error, a bad restore) is set aside as ``requests.sqlite.corrupt-<time>`` and a new
@@ -17,6 +19,7 @@ import json
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,18 @@ import structlog
 RETENTION_S = 3600.0
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS results (command TEXT, request_id TEXT, at REAL,"
-    " body TEXT, PRIMARY KEY (command, request_id))"
+    " body TEXT, digest TEXT, PRIMARY KEY (command, request_id))"
 )
+
+
+@dataclass(frozen=True)
+class Recorded:
+    body: dict[str, Any]
+    digest: str | None  # None: recorded before digests were kept
+
+    def same_request(self, digest: str) -> bool:
+        return self.digest is None or self.digest == digest
+
 
 log = structlog.get_logger("agent.journal")
 
@@ -55,6 +68,7 @@ class Journal:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute(SCHEMA)
+            _add_digest_column(db)
             db.commit()
             # A write probe: a read-only database opens and reads, but refuses at the first
             # reply; better to know now (and say so once) than at every command.
@@ -85,19 +99,20 @@ class Journal:
         db.execute(SCHEMA)
         return db
 
-    def get(self, command: str, request_id: str) -> dict[str, Any] | None:
+    def get(self, command: str, request_id: str) -> Recorded | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT body FROM results WHERE command = ? AND request_id = ? AND at > ?",
+                "SELECT body, digest FROM results WHERE command = ? AND request_id = ? AND at > ?",
                 (command, request_id, time.time() - self.retention_s),
             ).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+        return None if row is None else Recorded(dict(json.loads(row[0])), row[1])
 
-    def put(self, command: str, request_id: str, body: dict[str, Any]) -> None:
+    def put(self, command: str, request_id: str, body: dict[str, Any], digest: str) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
-                (command, request_id, time.time(), json.dumps(body)),
+                "INSERT OR REPLACE INTO results (command, request_id, at, body, digest)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (command, request_id, time.time(), json.dumps(body), digest),
             )
             self._db.execute("DELETE FROM results WHERE at < ?", (time.time() - self.retention_s,))
             self._db.commit()
@@ -105,3 +120,10 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _add_digest_column(db: sqlite3.Connection) -> None:
+    """A journal of an older version has no digest column: its rows count as matching."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
+    if "digest" not in columns:
+        db.execute("ALTER TABLE results ADD COLUMN digest TEXT")

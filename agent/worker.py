@@ -17,10 +17,11 @@ from concurrent.futures import Future, InvalidStateError
 import structlog
 
 from agent.commands import CalibrateNg, Command, FitImages, FitOk, Infer, InferBatch, Refit
-from agent.errors import AgentError, busy
+from agent.errors import AgentError, bad_request, busy
 from agent.handlers import HANDLERS, infer_many
 from agent.metrics import Metrics
 from agent.replies import Reply
+from agent.request_digest import request_digest
 from agent.services import Services
 from agent.stats import Stats
 
@@ -47,6 +48,14 @@ def _needs_model(cmd: Command) -> bool:
     if isinstance(cmd, FitOk):
         return cmd.memory_fit
     return isinstance(cmd, Infer | InferBatch | CalibrateNg | Refit | FitImages)
+
+
+def reused_request_id(cmd: Command) -> AgentError:
+    return bad_request(
+        f"request_id {cmd.request_id!r} was already used for another {cmd.name} request "
+        "(other ROI, images or fields) within the last hour; a repeat must be identical, "
+        "a new request needs a new request_id"
+    )
 
 
 class Worker:
@@ -188,11 +197,14 @@ class Worker:
             return
         journal = self.services.journal
         self.current = cmd.name
+        digest = request_digest(cmd) if cmd.mutating else ""
         try:
             if cmd.mutating:
                 first = journal.get(cmd.name, cmd.request_id)
                 if first is not None:
-                    _resolve(future, self._finish(cmd, first, queued, replayed=True))
+                    if not first.same_request(digest):
+                        raise reused_request_id(cmd)
+                    _resolve(future, self._finish(cmd, first.body, queued, replayed=True))
                     return
             body = HANDLERS[type(cmd)](cmd, self.services, self._serve_waiting_infers)
         except Exception as exc:
@@ -205,7 +217,7 @@ class Worker:
             self.current = None
         if cmd.mutating:
             try:
-                journal.put(cmd.name, cmd.request_id, body)
+                journal.put(cmd.name, cmd.request_id, body, digest)
             except Exception:
                 # Applied and on disk: the reply stays a success. A repeat of this request
                 # id is then applied again; stored samples are reused, not stored twice.

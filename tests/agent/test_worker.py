@@ -99,3 +99,35 @@ def test_a_repeated_request_id_is_applied_once_also_after_a_restart(
     assert manifest["datasets"]["ok"] == 3
     other = restarted.bus.execute(fit_cmd(ok_pngs[3:4], request_id="fit-other"))
     assert other.ok and not other.replayed and other.to_dict()["n_samples"] == 4
+
+
+def test_a_request_id_reused_for_other_inputs_is_refused_not_replayed(make_agent, ok_pngs) -> None:
+    agent = make_agent()
+    first = agent.bus.execute(fit_cmd(ok_pngs[:3], request_id="fit-reused"))
+    other = agent.bus.execute(fit_cmd(ok_pngs[3:5], request_id="fit-reused"))  # other images
+    assert first.ok and other.error is not None and other.error.kind == "bad_request"
+    assert "fit-reused" in other.error.message and "already used" in other.error.message
+    manifest = agent.bus.execute(parse_command("manifest", ROI, "test")).to_dict()
+    assert manifest["datasets"]["ok"] == 3  # nothing of the second request stored
+
+
+def test_a_journal_of_an_older_version_opens_and_its_results_replay(tmp_path) -> None:
+    import sqlite3
+
+    from agent.journal import Journal
+
+    path = tmp_path / "requests.sqlite"
+    with sqlite3.connect(path) as db:  # the schema before digests were kept
+        db.execute(
+            "CREATE TABLE results (command TEXT, request_id TEXT, at REAL, body TEXT,"
+            " PRIMARY KEY (command, request_id))"
+        )
+        db.execute("INSERT INTO results VALUES ('fit_ok', 'r-1', ?, '{\"n\": 1}')", (time.time(),))
+    journal = Journal(path)
+    recorded = journal.get("fit_ok", "r-1")
+    assert recorded is not None and recorded.body == {"n": 1} and recorded.same_request("any")
+    journal.put("fit_ok", "r-2", {"n": 2}, "digest-2")
+    again = journal.get("fit_ok", "r-2")
+    assert again is not None and again.same_request("digest-2")
+    assert not again.same_request("digest-3")
+    journal.close()
