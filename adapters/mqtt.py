@@ -1,8 +1,9 @@
 """MQTT adapter (contract section 5): commands in, replies, verdicts and state out.
 
 paho-mqtt 2 with MQTT v5; callbacks only validate and enqueue, the engine runs on the
-agent's worker. Replies produced while the broker is away go to a disk spool and are
-published in order after reconnect.
+agent's worker, and everything outgoing is published by the outbox's own thread
+(``adapters.mqtt_outbox``): replies produced while the broker is away go to a disk spool
+and are published in order after reconnect.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import ssl
 import sys
 import threading
 import time
-from collections import OrderedDict
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -20,26 +20,28 @@ import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from adapters.mqtt_outbox import Outbox
+from adapters.mqtt_repeats import RecentReplies, Sent, repeat_key
 from adapters.mqtt_topics import (
     Topics,
     VerdictTracker,
     envelope,
     error_envelope,
-    fit_heatmap,
+    fit_heatmaps,
+    json_payload,
+    publish_topic_problem,
     utc_now,
 )
-from adapters.spool import Spool, SpooledMessage
+from adapters.spool import Spool, spool_folder
 from agent.bootstrap import Agent
 from agent.config import Settings
 from agent.errors import AgentError, bad_request
 from agent.parsing import parse_command, request_id_of
 from agent.replies import Reply
+from agent.request_digest import request_digest
 from engine.keys import RoiKey
 
 log = structlog.get_logger("adapters.mqtt")
-
-DUPLICATE_WINDOW = 20_000  # request ids remembered to drop redeliveries of reads
-FLUSH_TIMEOUT_S = 10.0
 
 
 class MqttAdapter:
@@ -50,20 +52,21 @@ class MqttAdapter:
         self.topics = Topics.of(
             self.cfg.topic_prefix, settings.agent_id, self.cfg.shared_group, self.cfg.pool
         )
-        self.spool = Spool(settings.data_root / "spool" / "mqtt", self.cfg.spool_max_bytes)
+        self.spool = Spool(
+            spool_folder(settings.data_root, settings.agent_id),
+            self.cfg.spool_max_bytes,
+            legacy=settings.data_root / "spool" / "mqtt",
+        )
         self.verdicts = VerdictTracker(self.cfg.alert_consecutive)
         self._seq = 0
         self._seq_lock = threading.Lock()
-        # Publishing goes through one lock so the spool flush and new replies keep order.
-        self._out_lock = threading.Lock()
-        self._online = False
-        # Read commands recently seen, with the reply sent for each (topic, payload, corr.).
-        self._seen: OrderedDict[str, tuple[str, bytes, bytes | None] | None] = OrderedDict()
-        self._seen_lock = threading.Lock()
+        # Successful replies to recent reads, so a repeat is answered and not run again.
+        self.repeats = RecentReplies(self.cfg.repeat_cache_bytes)
         self._stop = threading.Event()
         self._stats_thread: threading.Thread | None = None
         self._last_failure: str | None = None  # the last connection failure logged
         self.client = self._make_client()
+        self.outbox = Outbox(self.client, self.spool, agent.bus, self.cfg.result_expiry_s)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -99,6 +102,7 @@ class MqttAdapter:
         services.reply_observers.append(self._observe)
         self.agent.bus.mqtt_state = "disconnected"
         self.agent.bus.spool_size = self.spool.size
+        self.outbox.start()
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = self.cfg.session_expiry_s
         self.client.connect_async(
@@ -122,14 +126,17 @@ class MqttAdapter:
 
     def stop(self) -> None:
         self._stop.set()
-        if self.client.is_connected():
-            info = self.client.publish(self.topics.status, b"stopped", qos=1, retain=True)
-            info.wait_for_publish(timeout=5)
+        self.outbox.stop(last=self._say_stopped)
         self.client.disconnect()
         self.client.loop_stop()
         self.agent.bus.mqtt_state = "disabled"
 
-    # -- connection ---------------------------------------------------------------
+    def _say_stopped(self) -> None:
+        if self.client.is_connected():
+            info = self.client.publish(self.topics.status, b"stopped", qos=1, retain=True)
+            info.wait_for_publish(timeout=5)
+
+    # -- connection (paho's thread: post to the outbox or set a flag, never publish) -------
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
@@ -147,7 +154,7 @@ class MqttAdapter:
             client.subscribe(topic, qos=1)
         # Retained state first, then the spool in order, then "online": a consumer that
         # sees "online" sees a complete picture.
-        threading.Thread(target=self._come_online, name="mqtt-online", daemon=True).start()
+        self.outbox.came_online(self._republish_states, self._announce_online)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         # paho calls this inside its ``except OSError``: the error is the refused socket or
@@ -165,73 +172,26 @@ class MqttAdapter:
                 tls=bool(self.cfg.tls.ca_file),
             )
 
-    def _come_online(self) -> None:
-        for key in self.agent.services.models.roi_keys():
-            self._publish_state(key)
-        # Replies made meanwhile still go to the spool, behind the older ones, until it
-        # has been emptied under the lock: only then do new replies go straight out.
-        while True:
-            if self._stop.is_set() or not self.client.is_connected():
-                return
-            with self._out_lock:
-                if self._flush_spool():
-                    self._online = True
-                    break
-            time.sleep(0.5)
-        self.client.publish(self.topics.status, b"online", qos=1, retain=True)
-        self.agent.bus.mqtt_state = "connected"
-        self.agent.bus.metrics.mqtt_connected.set(1)
-        self._last_failure = None
-        log.info("mqtt connected", host=self.cfg.host, port=self.cfg.port)
-
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
-        with self._out_lock:
-            self._online = False
+        # paho holds its own locks here: nothing that could wait on a publish.
+        self.outbox.went_offline()
         self.agent.bus.mqtt_state = "disconnected"
         self.agent.bus.metrics.mqtt_connected.set(0)
         if not self._stop.is_set():
             log.warning("mqtt disconnected; replies go to the spool", reason=str(reason))
 
-    def _flush_spool(self, batch: int = 100) -> bool:
-        """Publish spooled messages in order, a batch at a time, each removed once the
-        broker acknowledged it. True when the spool is empty."""
-        now = time.time()
-        pending = [m for m in self.spool.pending(batch) if not self._drop_expired(m, now)]
-        sent = [(m, self._publish_spooled(m, now)) for m in pending]
-        try:
-            for message, info in sent:
-                info.wait_for_publish(timeout=FLUSH_TIMEOUT_S)
-                if not info.is_published():
-                    break
-                self.spool.remove(message)
-        except (RuntimeError, ValueError):  # the connection dropped meanwhile
-            pass
-        self.agent.bus.spool_size = self.spool.size
-        self.agent.bus.metrics.spool_bytes.set(self.spool.total_bytes)
-        return self.spool.size == 0
+    def _republish_states(self) -> None:
+        for key in self.agent.services.models.roi_keys():
+            self._send_state(key)
 
-    def _drop_expired(self, message: SpooledMessage, now: float) -> bool:
-        if message.expired(now):
-            self.spool.remove(message)
-            return True
-        return False
-
-    def _publish_spooled(self, message: SpooledMessage, now: float) -> mqtt.MQTTMessageInfo:
-        properties = Properties(PacketTypes.PUBLISH)
-        if message.expiry_s is not None:
-            remaining = max(1, int(message.expiry_s - (now - message.spooled_at)))
-            properties.MessageExpiryInterval = remaining
-        if message.response_correlation:
-            properties.CorrelationData = bytes.fromhex(message.response_correlation)
-        return self.client.publish(
-            message.topic,
-            message.payload,
-            qos=message.qos,
-            retain=message.retain,
-            properties=properties,
-        )
+    def _announce_online(self) -> None:
+        self.client.publish(self.topics.status, b"online", qos=1, retain=True)
+        self.agent.bus.mqtt_state = "connected"
+        self.agent.bus.metrics.mqtt_connected.set(1)
+        self._last_failure = None
+        log.info("mqtt connected", host=self.cfg.host, port=self.cfg.port)
 
     # -- incoming -------------------------------------------------------------------
 
@@ -255,6 +215,15 @@ class MqttAdapter:
             self._refuse(route, None, bad_request("payload is not valid JSON"))
             return
         request_id = request_id_of(payload)
+        if route.response_problem is not None:
+            # Answered on the result topic instead: a reply to a topic no broker takes
+            # would be lost, and once spooled it would hold up every reply behind it.
+            message = (
+                f"ResponseTopic {ascii(route.response_topic)[:200]} is not a valid publish "
+                f"topic: {route.response_problem}"
+            )
+            self._refuse(route, request_id, bad_request(message))
+            return
         try:
             cmd = parse_command(
                 name,
@@ -271,39 +240,33 @@ class MqttAdapter:
             log.exception("unexpected error parsing a message", topic=msg.topic)
             self._refuse(route, request_id, AgentError.from_exception(exc))
             return
-        if not cmd.mutating and request_id is not None and self._repeated(name, request_id):
-            return
+        key = None
+        if not cmd.mutating and request_id is not None:
+            key = repeat_key(cmd.name, request_id, request_digest(cmd))
+            if self._repeated(key, cmd.name, request_id):
+                return
         future = self.agent.bus.submit(cmd)
-        future.add_done_callback(lambda done: self._reply(done.result(), route))
+        future.add_done_callback(lambda done: self._reply(done.result(), route, key))
 
-    def _repeated(self, name: str, request_id: str) -> bool:
-        """A read command seen before (a QoS 1 redelivery, or a PLC retrying after its
-        timeout) is not run again: its first reply is sent again, or, while that is
-        still being made, the repeat is dropped."""
-        key = f"{name}:{request_id}"
-        with self._seen_lock:
-            if key not in self._seen:
-                self._seen[key] = None
-                while len(self._seen) > DUPLICATE_WINDOW:
-                    self._seen.popitem(last=False)
-                return False
-            first = self._seen[key]
+    def _repeated(self, key: str, name: str, request_id: str) -> bool:
+        """A read seen before with the same inputs (a QoS 1 redelivery, or a PLC retrying
+        after its timeout) is not run again: its first reply is sent again, or, while that
+        is still being made, the repeat is dropped. Mutating commands are recognised by the
+        worker's journal instead."""
+        new, first = self.repeats.claim(key)
+        if new:
+            return False
         log.info(
             "repeated request", command=name, request_id=request_id, answered=first is not None
         )
         if first is not None:
-            topic, payload, correlation = first
-            self._send_raw(topic, payload, correlation)
+            self.outbox.post(lambda: self._send_again(first))
         return True
 
-    def _remember(self, name: str, request_id: str, sent: tuple[str, bytes, bytes | None]) -> None:
-        key = f"{name}:{request_id}"
-        with self._seen_lock:
-            if key in self._seen:
-                self._seen[key] = sent
+    def _send_again(self, sent: Sent) -> None:
+        self.outbox.publish(sent.topic, sent.payload, sent.correlation)
 
     def _refuse(self, route: _Route, request_id: str | None, error: AgentError) -> None:
-        body = error_envelope(route.command, request_id, self._next_seq(), error.body())
         log.warning(
             "message refused",
             command=route.command,
@@ -311,77 +274,60 @@ class MqttAdapter:
             kind=error.kind,
             error=error.message,
         )
-        self._send(route.reply_topic(self.topics), body, route.correlation)
 
-    # -- outgoing -------------------------------------------------------------------
+        def send() -> None:
+            body = error_envelope(route.command, request_id, self._next_seq(), error.body())
+            topic = route.reply_topic(self.topics)
+            self.outbox.publish(topic, json_payload(body), route.correlation)
+
+        self.outbox.post(send)
+
+    # -- outgoing (each posted to the outbox, whatever thread produced it) ----------------
 
     def _next_seq(self) -> int:
         with self._seq_lock:
             self._seq += 1
             return self._seq
 
-    def _reply(self, reply: Reply, route: _Route) -> None:
+    def _reply(self, reply: Reply, route: _Route, key: str | None) -> None:
+        self.outbox.post(lambda: self._send_reply(reply, route, key))
+
+    def _send_reply(self, reply: Reply, route: _Route, key: str | None) -> None:
         body = envelope(reply, self._next_seq())
-        fit_heatmap(body, self.cfg.heatmap_max_bytes)
+        fit_heatmaps(body, self.cfg.heatmap_max_bytes)
         topic = route.reply_topic(self.topics)
-        payload = self._send(topic, body, route.correlation)
-        if not reply.command.mutating:
-            self._remember(
-                route.command, reply.command.request_id, (topic, payload, route.correlation)
-            )
+        payload = json_payload(body)
+        published = self.outbox.publish(topic, payload, route.correlation)
+        if key is None:
+            return
+        # Only a success is the answer to a repeat: busy, or any error, runs again.
+        if published and reply.ok:
+            self.repeats.answered(key, Sent(topic, payload, route.correlation))
+        else:
+            self.repeats.forget(key)
 
     def _publish_foreign(self, reply: Reply, extra: dict[str, Any]) -> None:
         """Replies of folder infers and dataset refits, on this agent's result topic."""
-        body = envelope(reply, self._next_seq(), extra)
-        body.pop("heatmap_png_base64", None)  # the folder has the heatmap file
-        self._send(self.topics.result(reply.command.name), body, None)
 
-    def _send(
-        self,
-        topic: str,
-        body: dict[str, Any],
-        correlation: bytes | None,
-        qos: int = 1,
-        retain: bool = False,
-        expiry: bool = True,
-    ) -> bytes:
-        payload = json.dumps(body).encode()
-        self._send_raw(topic, payload, correlation, qos, retain, expiry)
-        return payload
+        def send() -> None:
+            body = envelope(reply, self._next_seq(), extra)
+            body.pop("heatmap_png_base64", None)  # the folder has the heatmap file
+            self.outbox.publish(self.topics.result(reply.command.name), json_payload(body))
 
-    def _send_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        correlation: bytes | None,
-        qos: int = 1,
-        retain: bool = False,
-        expiry: bool = True,
-    ) -> None:
-        expiry_s = self.cfg.result_expiry_s if expiry else None
-        with self._out_lock:
-            if not self._online:
-                self.spool.append(topic, payload, qos, retain, expiry_s, correlation)
-                self.agent.bus.spool_size = self.spool.size
-                self.agent.bus.metrics.spool_bytes.set(self.spool.total_bytes)
-                return
-            properties = None
-            if expiry_s is not None or correlation is not None:
-                properties = Properties(PacketTypes.PUBLISH)
-                if expiry_s is not None:
-                    properties.MessageExpiryInterval = expiry_s
-                if correlation is not None:
-                    properties.CorrelationData = correlation
-            self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        self.outbox.post(send)
 
     def _publish_state(self, key: RoiKey) -> None:
+        self.outbox.post(lambda: self._send_state(key))
+
+    def _send_state(self, key: RoiKey) -> None:
         try:
             state = self.agent.services.roi_state(key)
         except Exception:
             log.exception("ROI state unreadable", role_id=key.role_id, roi_id=key.roi_id)
             return
         topic = self.topics.roi(key.role_id, key.roi_id, "state")
-        self._send(topic, {**state, "recipe_id": key.recipe_id}, None, retain=True, expiry=False)
+        payload = json_payload({**state, "recipe_id": key.recipe_id})
+        self.outbox.publish(topic, payload, retain=True, expiry=False)
 
     def _observe(self, reply: Reply) -> None:
         """Every infer verdict, whatever its source: the ``last`` and ``alert`` topics."""
@@ -389,30 +335,31 @@ class MqttAdapter:
             return
         body = reply.body or {}
         items = body.get("results", []) if reply.command.name == "infer_batch" else [body]
-        for item in items:
-            if "score" not in item:
-                continue
-            self._publish_verdict(reply, item)
+        verdicts = [item for item in items if "score" in item]
+        if verdicts:
+            self.outbox.post(lambda: self._send_verdicts(reply, verdicts))
 
-    def _publish_verdict(self, reply: Reply, item: dict[str, Any]) -> None:
-        role, roi = item["role_id"], item["roi_id"]
-        ts = utc_now()
-        request_id = item.get("request_id", reply.command.request_id)
-        last = {
-            "score": item["score"],
-            "threshold": item.get("threshold"),
-            "is_anomaly": item.get("is_anomaly"),
-            "n_regions": len(item.get("regions", [])),
-            "ts": ts,
-            "seq": self._next_seq(),
-            "request_id": request_id,
-        }
-        self._send(self.topics.roi(role, roi, "last"), last, None, retain=True, expiry=False)
-        alert = self.verdicts.update(
-            (reply.command.recipe_id, role, roi), item.get("is_anomaly"), request_id, ts
-        )
-        if alert is not None:
-            self._send(self.topics.roi(role, roi, "alert"), alert, None)
+    def _send_verdicts(self, reply: Reply, items: list[dict[str, Any]]) -> None:
+        for item in items:
+            role, roi = item["role_id"], item["roi_id"]
+            ts = utc_now()
+            request_id = item.get("request_id", reply.command.request_id)
+            last = {
+                "score": item["score"],
+                "threshold": item.get("threshold"),
+                "is_anomaly": item.get("is_anomaly"),
+                "n_regions": len(item.get("regions", [])),
+                "ts": ts,
+                "seq": self._next_seq(),
+                "request_id": request_id,
+            }
+            topic = self.topics.roi(role, roi, "last")
+            self.outbox.publish(topic, json_payload(last), retain=True, expiry=False)
+            alert = self.verdicts.update(
+                (reply.command.recipe_id, role, roi), item.get("is_anomaly"), request_id, ts
+            )
+            if alert is not None:
+                self.outbox.publish(self.topics.roi(role, roi, "alert"), json_payload(alert))
 
     def _stats_loop(self) -> None:
         while not self._stop.wait(self.cfg.stats_interval_s):
@@ -423,7 +370,8 @@ class MqttAdapter:
 
 class _Route:
     """Where the reply to one request goes: v5 ResponseTopic/CorrelationData, else the
-    result topic (the pool's when the request came through the pool)."""
+    result topic (the pool's when the request came through the pool). A ResponseTopic
+    that cannot be published to is not used: the refusal goes to the result topic."""
 
     def __init__(self, command: str, via_pool: bool, properties: Any) -> None:
         self.command = command
@@ -432,9 +380,15 @@ class _Route:
         self.correlation: bytes | None = getattr(properties, "CorrelationData", None)
         self.expiry_s: int | None = getattr(properties, "MessageExpiryInterval", None)
         self.received = time.monotonic()
+        # An empty ResponseTopic is read as none, as before.
+        self.response_problem = (
+            publish_topic_problem(self.response_topic) if self.response_topic else None
+        )
 
     def reply_topic(self, topics: Topics) -> str:
-        return self.response_topic or topics.result(self.command, self.via_pool)
+        if self.response_topic and self.response_problem is None:
+            return self.response_topic
+        return topics.result(self.command, self.via_pool)
 
     def deadline(self) -> float | None:
         # A request that expires at the broker is not worth answering after that either.

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
+import json
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from agent.replies import Reply
+from engine.keys import is_topic_text
 from engine.preprocess import cv2_module
+
+MAX_TOPIC_BYTES = 65_535  # the MQTT length prefix of a topic name is two bytes
 
 
 def utc_now() -> str:
@@ -64,6 +68,23 @@ class Topics:
 SHARED_COMMANDS = ("infer", "infer_batch")
 
 
+def publish_topic_problem(topic: str) -> str | None:
+    """Why ``topic`` cannot be published to, or None. paho raises on wildcards and empty
+    topics; mosquitto disconnects a client whose topic holds control characters or
+    non-characters; ``$`` topics belong to the broker, which drops what is sent there."""
+    if not topic:
+        return "it is empty"
+    if "+" in topic or "#" in topic:
+        return "it holds a wildcard (+ or #)"
+    if topic.startswith("$"):
+        return "topics starting with '$' belong to the broker"
+    if not is_topic_text(topic):
+        return "it holds a control character, a non-character or a lone surrogate"
+    if len(topic.encode("utf-8")) > MAX_TOPIC_BYTES:
+        return f"it is longer than {MAX_TOPIC_BYTES} bytes"
+    return None
+
+
 def _level(value: str) -> str:
     return value.replace("%", "%25").replace("/", "%2F").replace("+", "%2B").replace("#", "%23")
 
@@ -106,6 +127,35 @@ def error_envelope(
         "source": "mqtt",
         "error": kind_code_message,
     }
+
+
+def json_payload(body: dict[str, Any]) -> bytes:
+    """The body as strict JSON. A non-finite number (``Infinity`` is no JSON: a PLC's
+    parser refuses the whole reply) turns the reply into an ``internal`` error that says
+    so, with the same envelope."""
+    try:
+        return json.dumps(body, allow_nan=False).encode()
+    except ValueError:
+        head = {k: body.get(k) for k in ENVELOPE_FIELDS if k in body}
+        error = {
+            "code": 500,
+            "kind": "internal",
+            "message": "the result holds a number JSON cannot carry (infinity or NaN)",
+        }
+        return json.dumps({**head, "ok": False, "error": error}).encode()
+
+
+ENVELOPE_FIELDS = ("ok", "command", "request_id", "recipe_id", "seq", "ts", "source")
+
+
+def fit_heatmaps(body: dict[str, Any], max_bytes: int) -> None:
+    """Every heatmap of a reply within ``max_bytes``: an infer's, or each infer_batch item's."""
+    fit_heatmap(body, max_bytes)
+    results = body.get("results")
+    if body.get("command") == "infer_batch" and isinstance(results, list):
+        for item in results:
+            if isinstance(item, dict):
+                fit_heatmap(item, max_bytes)
 
 
 def fit_heatmap(body: dict[str, Any], max_bytes: int) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.spool import Spool
+from adapters.spool import Spool, spool_folder
 from tests.adapters.conftest import wait_connected
 from tests.adapters.mqtt_support import Broker, Client
 from tests.support import ROOT, cli_env
@@ -132,6 +132,7 @@ def test_replies_made_during_an_outage_are_spooled_then_sent_in_order(
                 "infer", {**ROI, "mm_per_px": 0.2, "image": b64(png), "heatmap": False}, "http"
             )
             assert agent.bus.execute(infer).ok
+        assert adapter.outbox.drain(timeout=30)  # the verdicts are published off the worker
         assert adapter.spool.size >= 5 and agent.bus.health()["status"] == "degraded"
         fresh_broker.start()
         wait_connected(agent)
@@ -161,7 +162,7 @@ def test_agent_killed_gets_offline_then_flushes_its_spool(
     fresh_broker: Broker, tmp_path, record_property
 ) -> None:
     data = tmp_path / "data"
-    spool = Spool(data / "spool" / "mqtt", 1 << 20)
+    spool = Spool(data / "spool" / "mqtt", 1 << 20)  # the older layout, shared by all agents
     for i in range(3):  # what a killed agent left behind
         spool.append("bdi/line9/result/infer", json.dumps({"n": i}).encode(), expiry_s=300)
     env = cli_env(
@@ -195,7 +196,9 @@ def test_agent_killed_gets_offline_then_flushes_its_spool(
         late = Client(fresh_broker.port, client_id="late2", subscribe=("bdi/line9/status",))
         late.wait_for(lambda t, b: b == "online", timeout=60)
         late.close()
-        assert Spool(data / "spool" / "mqtt", 1 << 20).size == 0
+        # The shared layout's files were taken over by the agent, and sent.
+        assert Spool(spool_folder(data, "line9"), 1 << 20).size == 0
+        assert not list((data / "spool" / "mqtt").glob("*.json"))
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
