@@ -27,12 +27,12 @@ from agent.errors import AgentError
 from agent.services import Services
 from engine.calibration import choose_threshold
 from engine.datasets import StoredSample
-from engine.errors import BadInput, CorruptMemory, NotFitted
+from engine.errors import BadInput, CorruptMemory, EngineError, NotFitted
 from engine.keys import RoiKey
 from engine.manifest import roi_manifest
 from engine.memory import Memory, check_scale, utc_now_iso
 from engine.patchcore import Sample
-from engine.preprocess import decode_image
+from engine.preprocess import declared_size, decode_image
 from engine.verdict import judge
 
 Body = dict[str, Any]
@@ -353,7 +353,19 @@ def _judge_one(
 
 
 def infer_batch(cmd: InferBatch, services: Services, checkpoint: Checkpoint) -> Body:
-    results = infer_many(list(cmd.items), services)
+    """The items in chunks of at most ``max_batch`` images (and about one image's worth of
+    pixels), serving the infers that wait between chunks: a big batch neither holds every
+    decoded image at once nor keeps the line's single infers waiting until it ends."""
+    settings = services.settings
+    pixels = [_declared_pixels(item.image) for item in cmd.items]
+    check_batch_size(
+        len(cmd.items), sum(pixels), settings.max_batch_items, settings.max_batch_pixels
+    )
+    results: list[Body | AgentError] = []
+    for first, last in _chunks(pixels, settings.max_batch, settings.max_image_pixels):
+        if first:
+            checkpoint()
+        results += infer_many(list(cmd.items[first:last]), services)
     items = []
     for item, result in zip(cmd.items, results, strict=True):
         if isinstance(result, AgentError):
@@ -361,6 +373,45 @@ def infer_batch(cmd: InferBatch, services: Services, checkpoint: Checkpoint) -> 
         else:
             items.append({"ok": True, "request_id": item.request_id, **result})
     return {"results": items}
+
+
+def check_batch_size(items: int, pixels: int, max_items: int, max_pixels: int) -> None:
+    if items > max_items:
+        raise AgentError(
+            "payload_too_large",
+            f"infer_batch holds {items} items, over the limit of {max_items} "
+            "(max_batch_items); send the ROIs in several batches",
+        )
+    if pixels > max_pixels:
+        raise AgentError(
+            "payload_too_large",
+            f"infer_batch holds {pixels} pixels in all, over the limit of {max_pixels} "
+            "(max_batch_pixels); send the ROIs in several batches",
+        )
+
+
+def _declared_pixels(data: bytes) -> int:
+    """Pixels the image's header declares; an unreadable one fails on its own item later."""
+    try:
+        width, height = declared_size(data)
+    except EngineError:  # unreadable, or past Pillow's own bomb limit
+        return 0
+    return width * height
+
+
+def _chunks(pixels: list[int], max_items: int, max_pixels: int) -> list[tuple[int, int]]:
+    """``[first, last)`` ranges of consecutive items: at most ``max_items`` each, and no
+    more than ``max_pixels`` unless a single item holds more."""
+    out: list[tuple[int, int]] = []
+    first, total = 0, 0
+    for i, count in enumerate(pixels):
+        if i > first and (i - first >= max_items or total + count > max_pixels):
+            out.append((first, i))
+            first, total = i, 0
+        total += count
+    if pixels:
+        out.append((first, len(pixels)))
+    return out
 
 
 def manifest(cmd: Manifest, services: Services, checkpoint: Checkpoint) -> Body:
