@@ -101,9 +101,11 @@ def subdirs(folder: Path) -> list[Path]:
 
 
 def files(folder: Path) -> list[Path]:
+    """Every entry but folders: links, FIFOs and the like are listed too, so that a scan
+    fails them instead of leaving them in the inbox for good."""
     try:
         with os.scandir(folder) as it:
-            return [Path(e.path) for e in it if e.is_file(follow_symlinks=False)]
+            return [Path(e.path) for e in it if not e.is_dir(follow_symlinks=False)]
     except OSError:
         return []
 

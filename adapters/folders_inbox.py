@@ -34,9 +34,11 @@ from adapters.folders_layout import (
     Refused,
     Sidecar,
     SidecarPending,
+    ascii_name,
     classify,
     error_body,
     failure_ids,
+    irregular,
     prepare_command,
     read_stable,
     stat_sig,
@@ -129,6 +131,9 @@ class Inbox:
             return
         assert isinstance(found, InboxFile)
         entry = self.entries.get(path)
+        if entry is None and (kind := irregular(path)) is not None:
+            self._fail_irregular(found, kind)
+            return
         if entry is None:
             sig = stat_sig(path)
             if sig is None or not path.is_file() or self.stuck.get(path, ()) == sig:
@@ -190,6 +195,11 @@ class Inbox:
         sig = stat_sig(entry.file.path)
         if sig is None:
             del self.entries[entry.file.path]
+            return
+        kind = irregular(entry.file.path)
+        if kind is not None:  # replaced by a link (or a FIFO) since it was first seen
+            del self.entries[entry.file.path]
+            self._fail_irregular(entry.file, kind)
             return
         if sig != entry.sig:
             entry.sig, entry.stable_since = sig, now
@@ -339,6 +349,20 @@ class Inbox:
                     self.on_fs(path, "scan", now)
             for sidecar in orphan_sidecars(found, ORPHAN_SIDECAR_S):
                 self._fail_orphan(sidecar)
+
+    def _fail_irregular(self, file: InboxFile, kind: str) -> None:
+        """A link, FIFO, socket or device in the inbox goes to failed/ with its error, like
+        any file that can never succeed; it is never read."""
+        path = file.path
+        sig = stat_sig(path, follow=False)
+        if sig is None or path in self.stuck or path in self.entries:
+            return
+        message = f"{ascii_name(path)} is {kind}, not a regular file: only image files are taken"
+        body = error_body(bad_request(message), failure_ids({}, str(uuid.uuid4())))
+        entry = Entry(file, sig, 0.0, 0.0)
+        entry.job = Job(None, sig, Sidecar({}, None), False, body=body)
+        self.entries[path] = entry
+        self._finish(entry)
 
     def _fail_orphan(self, path: Path) -> None:
         """A sidecar whose image never came goes to failed/ instead of waiting forever."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import time
 import uuid
 from collections.abc import Callable
@@ -77,12 +78,32 @@ def classify(inbox: Path, path: Path) -> InboxFile | str | None:
     return InboxFile(path, parts[0], parts[1], parts[2])
 
 
-def stat_sig(path: Path) -> FileSig | None:
+def stat_sig(path: Path, follow: bool = True) -> FileSig | None:
+    """``follow=False``: the signature of a symbolic link itself, not of its target."""
     try:
-        st = os.stat(path)
+        st = os.stat(path, follow_symlinks=follow)
     except OSError:
         return None
     return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def irregular(path: Path) -> str | None:
+    """What ``path`` is when it is neither a regular file nor a folder (None then, or when
+    it is gone). Such an entry is never read: a symbolic link may point anywhere
+    (``/proc/self/status`` grows as it is read, so it never settles), a FIFO blocks."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device file"
 
 
 class FileChanged(Exception):

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ class Output:
             writes.append([str(dest.parent / f"{stem}.heatmap.png"), _b64(heatmap)])
         moves: list[list[Any]] = []
         copies: list[list[str]] = []
-        side_sig = stat_sig(sidecar) if sidecar is not None else None
+        side_sig = stat_sig(sidecar, follow=False) if sidecar is not None else None
         if sidecar is not None and side_sig is not None:
             side_dest = str(dest.parent / f"{stem}.json")
             if share_sidecar:
@@ -202,26 +203,42 @@ def _move_once(source: Path, target: Path, sig: tuple[int, ...]) -> None:
     A hard link then an unlink, not a rename: inotify holds a rename out of the watched
     tree for ~0.5 s waiting for its other half, and every later inbox event waits behind it.
     """
-    current = stat_sig(source)
+    # Signatures of the entry itself (a symbolic link is moved as a link, never followed).
+    current = stat_sig(source, follow=False)
     if current is None or tuple(current) != sig:
         return  # moved already, or a newer file of the same name: not ours to move
-    if target.exists():
-        if os.path.samefile(source, target) or target.stat().st_size == sig[0]:
+    if os.path.lexists(target):
+        if _same_entry(source, target) or target.lstat().st_size == sig[0]:
             source.unlink()  # the link (or a cross-device copy) was made before a crash
             return
         raise FileExistsError(f"{target} exists; refusing to overwrite it")
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(source, target)
+        os.link(source, target, follow_symlinks=False)
     except FileExistsError:
         raise
     except OSError as exc:
         if exc.errno == errno.EXDEV:  # inbox on another file system (network share)
-            _copy_atomic(source, target)
+            _copy_entry(source, target)
         else:  # a file system without hard links
             os.rename(source, target)
             return
     source.unlink()
+
+
+def _same_entry(a: Path, b: Path) -> bool:
+    sa, sb = a.lstat(), b.lstat()
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _copy_entry(source: Path, target: Path) -> None:
+    """A copy across file systems; a link or a FIFO is made anew, never read."""
+    if source.is_symlink():
+        os.symlink(os.readlink(source), target)
+    elif stat.S_ISFIFO(source.lstat().st_mode):
+        os.mkfifo(target)
+    else:
+        _copy_atomic(source, target)
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
