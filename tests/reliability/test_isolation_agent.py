@@ -1,0 +1,121 @@
+"""Issue 18 end to end: ``bdi-agent run`` with a real mosquitto and real files takes every
+bad message, id, reply and inbox entry of the issue in a row, keeps answering, and stops
+at SIGTERM with a clean exit.
+
+It starts on a data root holding a ROI stored under an id with DEL by an older version:
+mosquitto would drop the connection at every reconnect had its state been published.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.keys import RoiKey
+from engine.memory import Memory, MemoryInfo, new_model_version
+from engine.store import ModelStore
+from tests.adapters.mqtt_support import Broker, Client
+from tests.reliability.fault_support import HttpAgent
+from tests.reliability.isolation_support import MM, ROI, ask, b64
+
+AGENT = "gauntlet"
+PREFIX = f"bdi/{AGENT}"
+
+
+@pytest.fixture
+def quick_broker(tmp_path: Path):
+    server = Broker(tmp_path / "mosquitto", "allow_anonymous true\npersistence false\n")
+    server.start()
+    yield server
+    server.stop()
+
+
+def _stored_under_a_bad_id(data: Path) -> None:
+    info = MemoryInfo(
+        model_version=new_model_version(),
+        created_at="2026-01-01T00:00:00Z",
+        mm_per_px=MM,
+        n_embeddings=8,
+        coreset_size=4,
+        coreset_rate_requested=0.5,
+        coreset_rate_applied=0.5,
+        ok_scale=0.3,
+    )
+    memory = Memory(np.ones((4, 384), np.float16), np.zeros(4, np.int32), (2, 2), info)
+    ModelStore(data / "models").save_memory(RoiKey("bad\x7f", "z"), memory)
+
+
+@pytest.mark.reliability("fault", "bdi-agent run: every bad input of issue 18 in a row, SIGTERM")
+def test_the_agent_takes_every_bad_input_in_a_row_and_stops_cleanly(
+    quick_broker: Broker, tmp_path: Path, ok_pngs: list[bytes], record_property
+) -> None:
+    data = tmp_path / "data"
+    _stored_under_a_bad_id(data)
+    watcher = Client(quick_broker.port, client_id="watcher", subscribe=(f"{PREFIX}/#",))
+    agent = HttpAgent(
+        data,
+        BDI_AGENT_ID=AGENT,
+        BDI_INPUT_SIZE="112",
+        BDI_MQTT__ENABLED="true",
+        BDI_MQTT__PORT=str(quick_broker.port),
+        BDI_FOLDERS__ENABLED="true",
+        BDI_FOLDERS__SETTLE_MS="100",
+    )
+    refusals: dict[str, str] = {}
+    try:
+        agent.wait_ready()
+        watcher.wait_for(lambda t, b: t == f"{PREFIX}/status" and b == "online", timeout=60)
+        images = [b64(p) for p in ok_pngs[:3]]
+        assert ask(watcher, PREFIX, "fit_ok", **ROI, mm_per_px=MM, images=images)["ok"]
+        image = b64(ok_pngs[4])
+        infer = {**ROI, "mm_per_px": MM, "image": image, "heatmap": False}
+        bad = {
+            "DEL id": ("fit_ok", {**ROI, "role_id": "bad\x7f", "mm_per_px": MM, "images": images}),
+            "scale 1e200": ("infer", {**infer, "mm_per_px": 1e200}),
+            "polygon": (
+                "infer",
+                {**infer, "shape": {"kind": "polygon", "points": [[1, 2]] * 10_001}},
+            ),
+            "300 items": ("infer_batch", {"items": [infer] * 300}),
+        }
+        for name, (command, payload) in bad.items():
+            reply = ask(watcher, PREFIX, command, **payload)
+            refusals[name] = reply.get("error", {}).get("kind", "ok")
+        watcher.publish(
+            f"{PREFIX}/cmd/infer", {"request_id": "rt-#", **infer}, ResponseTopic="replies/#"
+        )
+        refusals["ResponseTopic"] = watcher.reply("rt-#")["error"]["kind"]
+        inbox = data / "inbox" / ROI["role_id"] / ROI["roi_id"] / "infer"
+        inbox.mkdir(parents=True, exist_ok=True)
+        (inbox / "status.png").symlink_to("/proc/self/status")
+        _, link, _ = watcher.wait_for(
+            lambda t, b: isinstance(b, dict) and str(b.get("path", "")).endswith("status.png")
+        )[0]
+        refusals["symlink"] = link["error"]["kind"]
+        verdict = ask(watcher, PREFIX, "infer", **infer)
+        assert verdict["ok"] and isinstance(verdict["score"], float), verdict
+    finally:
+        exit_code = agent.stop()
+        watcher.close()
+    late = Client(quick_broker.port, client_id="late", subscribe=(f"{PREFIX}/status",))
+    try:
+        late.wait_for(lambda t, b: b == "stopped", timeout=30)  # retained by the clean stop
+    finally:
+        late.close()
+    record_property("tried", len(refusals))
+    record_property("failures", sum(kind == "ok" for kind in refusals.values()))
+    record_property(
+        "detail",
+        ", ".join(f"{k}: {v}" for k, v in refusals.items()) + f"; exit {exit_code} on SIGTERM",
+    )
+    assert refusals == {
+        "DEL id": "bad_request",
+        "scale 1e200": "bad_request",
+        "polygon": "bad_request",
+        "300 items": "payload_too_large",
+        "ResponseTopic": "bad_request",
+        "symlink": "bad_request",
+    }
+    assert exit_code == 0, agent.output()
