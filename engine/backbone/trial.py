@@ -118,12 +118,21 @@ def _trial(
     reference_runner = TorchRunner(model, device, "fp32", setup.layers)
     reference = features_of(reference_runner, batch)
     timed = len(allowed) > 1  # one candidate set by configuration: gated, not timed
-    per_candidate_s = setup.budget_s / (len(allowed) + (REFERENCE not in allowed))
+    # The timing budget is shared out as the trial goes: a candidate slower to build or
+    # gate leaves less to the others, each still timed at least twice.
+    deadline = time.monotonic() + setup.budget_s
+    left = len(allowed) + (REFERENCE not in allowed)
+
+    def share() -> float:
+        nonlocal left
+        left -= 1
+        return max(0.0, deadline - time.monotonic()) / (left + 1)
+
     timing_x = reference_batch([], setup.input_size, n=1)[0][None]
     reference_ms = None
     if timed:
         reference_runner.run(timing_x)  # warm-up at the timing size
-        reference_ms = median_ms(reference_runner, timing_x, per_candidate_s)
+        reference_ms = median_ms(reference_runner, timing_x, share())
     rows: list[TrialRow] = []
     runners: dict[Candidate, Runner] = {}
     for candidate in allowed:
@@ -153,7 +162,7 @@ def _trial(
             )
         elif timed:
             runner.run(timing_x)  # warm-up at the timing size
-            row.ms = median_ms(runner, timing_x, per_candidate_s)
+            row.ms = median_ms(runner, timing_x, share())
             row.ratio = row.ms / reference_ms if reference_ms else None
             runners[candidate] = runner
         else:

@@ -105,7 +105,9 @@ def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
         patchcore.Sample.from_bytes(encode_png(disc.image))
         for disc in make_set(int(args["seed"]), n_images)
     ]
-    config = BackboneConfig(weights="random", precision=str(args["precision"]), threads=THREADS)
+    config = BackboneConfig(
+        weights="random", runtime="torch", precision=str(args["precision"]), threads=THREADS
+    )
     extractor = FeatureExtractor(config)
     extractor.load()  # an agent loads the model once at start; a fit never pays for it
     # One max_batch pass first: a fit runs in a warm agent, not on cold oneDNN kernels.

@@ -145,8 +145,14 @@ def _version(package: str) -> str | None:
 def _extractor(precision: str) -> Any:
     from engine.features import BackboneConfig, FeatureExtractor
 
+    # torch pinned: this module compares torch's own precisions (bench_runtime compares
+    # the runtimes and the automatic choice).
     config = BackboneConfig(
-        weights="random", precision=precision, threads=THREADS, input_size=INPUT_SIZE
+        weights="random",
+        runtime="torch",
+        precision=precision,
+        threads=THREADS,
+        input_size=INPUT_SIZE,
     )
     extractor = FeatureExtractor(config)
     extractor.load()

@@ -44,6 +44,8 @@ SECTIONS = {
 NOTES = {
     "backbone_weights": "hub: the Hugging Face cache, then the hub; random: demo/tests only",
     "device": "auto: the GPU when there is one",
+    "runtime": "auto: a timed trial at first start (bdi-agent runtime probe re-runs it)",
+    "precision": "auto: only what the hardware runs natively (bf16: AVX512-BF16/AMX or GPU)",
     "api_key": "better in the environment (BDI_API_KEY) than in a file",
     "mqtt.password": "better in the environment (BDI_MQTT__PASSWORD) than in a file",
     "mqtt.image_roots": "folders under which commands may name an image_path",

@@ -40,7 +40,8 @@ def test_demo_publishes_verdicts_and_stops_everything_on_ctrl_c(
     args = ["--mqtt-port", str(broker.port), "--http-port", str(free_port())]
     args += ["--data-root", str(tmp_path / "data-demo"), "--interval", "0.5"]
     args += ["--n-ok", "12", "--n-ng", "3"]  # a small fit: the plumbing is what counts here
-    demo = FrontDoor("agent.demo", args, clean_env())
+    # torch pinned: the runtime trial is tested on its own (tests/engine/test_runtime.py)
+    demo = FrontDoor("agent.demo", args, clean_env(BDI_RUNTIME="torch", BDI_PRECISION="fp32"))
     try:
         demo.wait_line(lambda line: "RANDOM DINOv2 weights" in line, 30)
         demo.wait_line(lambda line: "/docs" in line, 60)
