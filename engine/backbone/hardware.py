@@ -14,13 +14,14 @@ from pathlib import Path
 
 # /proc/cpuinfo flags that mean bf16 matrix arithmetic in hardware.
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+GPU_BF16 = "cuda_bf16"  # added to the flags when the GPU computes bf16 natively
 
 
 @dataclass(frozen=True)
 class Hardware:
     device: str  # "cpu" | "cuda" | "cuda:N"
     cpu_model: str
-    cpu_flags: frozenset[str]
+    cpu_flags: frozenset[str]  # /proc/cpuinfo flags (and GPU_BF16 on such a GPU)
     gpu_model: str = ""
 
     @property
@@ -32,8 +33,8 @@ class Hardware:
         CPU through VNNI or plain integer SIMD; its speed is what the trial measures)."""
         if precision in ("fp32", "int8"):
             return True
-        if self.on_gpu:
-            return precision in ("fp16", "bf16")
+        if self.on_gpu:  # fp16 on every CUDA GPU; bf16 from Ampere on
+            return precision == "fp16" or (precision == "bf16" and GPU_BF16 in self.cpu_flags)
         return precision == "bf16" and bool(self.cpu_flags & BF16_FLAGS)
 
     def describe(self) -> str:
@@ -48,6 +49,8 @@ def detect(device: str) -> Hardware:
         import torch
 
         gpu = torch.cuda.get_device_name(device)
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            flags = flags | {GPU_BF16}
     return Hardware(device=device, cpu_model=model, cpu_flags=flags, gpu_model=gpu)
 
 
