@@ -27,7 +27,7 @@ from engine.atomic import atomic_write_json
 from engine.backbone.artefacts import Artefacts
 from engine.backbone.hardware import Hardware
 from engine.backbone.runners import OnnxRunner, OpenVinoRunner, Runner, TorchRunner
-from engine.errors import EngineError, ModelUnavailable
+from engine.errors import EngineError
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
@@ -270,14 +270,3 @@ def with_status(rows: list[TrialRow], chosen: Candidate) -> list[TrialRow]:
         replace(r, status="chosen") if Candidate(r.runtime, r.precision) == chosen else r
         for r in rows
     ]
-
-
-__all__ = [
-    "REFERENCE",
-    "Candidate",
-    "Choice",
-    "ModelUnavailable",
-    "TrialRow",
-    "TrialSetup",
-    "Unavailable",
-]
