@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from agent.bootstrap import Agent
 from agent.config import Settings
@@ -162,4 +163,6 @@ def test_the_device_check_says_why_there_is_no_gpu(tmp_path: Path) -> None:
     assert "CPU-only build" in auto.message or "driver" in auto.message or "CUDA" in auto.message
     assert device("cuda").status == FAIL and "BDI_DEVICE=cpu" in device("cuda").fix
     assert device("cpu").status == OK
-    assert device("gpu").status == FAIL and "not a device" in device("gpu").message
+    # Not a device at all: the settings refuse it before any check runs (bdi-agent exits 2).
+    with pytest.raises(ValidationError, match="auto, cpu, cuda or cuda:N"):
+        device("gpu")
