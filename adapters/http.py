@@ -14,6 +14,7 @@ error body ``{"error": {"code", "kind", "message"}, "request_id", "recipe_id"}``
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import threading
@@ -35,6 +36,7 @@ from adapters.http_routes_guard import ContractGuard, refused
 from agent import __version__
 from agent.config import Settings
 from agent.errors import AgentError
+from agent.startup import StartupRefused
 
 if TYPE_CHECKING:
     from agent.bootstrap import Agent
@@ -165,10 +167,13 @@ class HttpAdapter:
 
     def __init__(self, settings: Settings, agent: Agent) -> None:
         self.settings = settings
+        # Bound now, when the agent is built: a taken port stops start-up before any
+        # adapter connects (raises StartupRefused).
+        self._sock: socket.socket | None = _bind(settings.http.host, settings.http.port)
+        self.port: int = self._sock.getsockname()[1]  # the bound port (useful with port 0)
         self.app = create_app(agent)
         self._server: Any = None
         self._thread: threading.Thread | None = None
-        self.port: int | None = None  # the bound port (useful with port 0)
 
     @property
     def url(self) -> str:
@@ -180,8 +185,9 @@ class HttpAdapter:
         import uvicorn
 
         http = self.settings.http
-        sock = _bind(http.host, http.port)
-        self.port = sock.getsockname()[1]
+        sock, self._sock = self._sock, None
+        if sock is None:
+            raise RuntimeError("the HTTP adapter was stopped; build a new one to serve again")
         config = uvicorn.Config(
             self.app,
             log_config=None,
@@ -202,6 +208,9 @@ class HttpAdapter:
         log.info("http adapter listening", host=http.host, port=self.port)
 
     def stop(self, timeout: float = 10.0) -> None:
+        if self._sock is not None:  # built but never started
+            self._sock.close()
+            self._sock = None
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
@@ -210,7 +219,8 @@ class HttpAdapter:
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    """Bind here rather than in uvicorn, which exits the process on a busy port.
+    """Bind here rather than in uvicorn, which exits the process on a busy port; a port
+    that cannot be had is one clear line (``StartupRefused``), not a traceback.
 
     ``IPPROTO_TCP`` explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
     without it every small reply waits out the client's 40 ms delayed ACK (Nagle).
@@ -222,7 +232,15 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise RuntimeError(f"HTTP adapter cannot listen on {host}:{port}: {exc}") from exc
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupRefused(
+                f"HTTP port {port} on {host} is taken ({exc.strerror}): stop what uses it, "
+                "or give the agent another port (BDI_HTTP__PORT, http.port in the config)"
+            ) from None
+        raise StartupRefused(
+            f"HTTP cannot listen on {host}:{port} ({exc.strerror}): check BDI_HTTP__HOST "
+            "and BDI_HTTP__PORT (http.host, http.port in the config)"
+        ) from None
     return sock
 
 
@@ -244,9 +262,11 @@ def create_standalone_app() -> FastAPI:
     from agent.bootstrap import bootstrap
     from agent.config import load_settings
     from agent.logging import configure_logging
+    from agent.root_lock import hold_shared
 
     settings = load_settings()
     configure_logging(settings.log_level)
+    root_lock = hold_shared(settings.data_root)  # each worker, like any agent on the root
     agent = bootstrap(settings)
 
     @asynccontextmanager
@@ -258,6 +278,7 @@ def create_standalone_app() -> FastAPI:
             yield
         finally:
             agent.stop()
+            root_lock.release()
 
     return create_app(agent, lifespan=lifespan)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -22,13 +23,16 @@ import structlog
 from agent import __version__
 from agent.bootstrap import Agent, bootstrap
 from agent.commands import AddNg, CalibrateNg, Command, FitOk, Health, Infer, Manifest
-from agent.config import ConfigError, Settings, load_settings
+from agent.config import LEGACY_NAMES, ConfigError, Settings, load_settings
+from agent.config_checks import unknown_env_names
 from agent.errors import AgentError
 from agent.logging import configure_logging
 from agent.ops.cli import OPS_COMMANDS, add_parsers, run_ops
 from agent.ops.weights import effective_weights
 from agent.parsing import parse_command
 from agent.replies import Reply
+from agent.root_lock import hold_shared
+from agent.startup import StartupRefused
 from engine.datasets import IMAGE_SUFFIXES
 
 log = structlog.get_logger("agent")
@@ -99,11 +103,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(settings: Settings) -> int:
-    """Start, wait for SIGTERM/SIGINT, then stop cleanly: finish the command in flight."""
+    """Start, wait for SIGTERM/SIGINT, then stop cleanly: finish the command in flight.
+
+    Everything that can refuse the start (the data root's lock, the ROI defaults file, the
+    HTTP port) is done before any adapter starts: one line on stderr, exit status 2.
+    """
     from agent.adapters_wiring import build_adapters
 
-    agent = bootstrap(settings)
-    agent.adapters.extend(build_adapters(settings, agent))
+    try:
+        root_lock = hold_shared(settings.data_root)
+        agent = bootstrap(settings)
+        agent.adapters.extend(build_adapters(settings, agent))
+    except (StartupRefused, ConfigError) as exc:
+        print(f"bdi-agent: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -113,6 +126,7 @@ def run(settings: Settings) -> int:
     log.info("stopping", queue_size=agent.worker.queue_size)
     agent.stop()
     log.info("stopped")
+    root_lock.release()
     return 0
 
 
@@ -131,6 +145,9 @@ def log_start(agent: Agent) -> None:
         adapters=[type(a).__name__ for a in agent.adapters],
         legacy_names_used=settings.legacy_names_used,
     )
+    unknown = unknown_env_names(dict(os.environ), set(Settings.model_fields), set(LEGACY_NAMES))
+    if unknown:
+        log.warning("unknown BDI_* variables ignored (typos?)", names=unknown)
 
 
 def _images_in(folder: Path) -> list[bytes]:
@@ -190,7 +207,13 @@ def one_shot_commands(args: argparse.Namespace) -> list[tuple[Command, dict[str,
 def one_shot(
     settings: Settings, commands: list[tuple[Command, dict[str, Any]]], needs_model: bool
 ) -> int:
-    agent = bootstrap(settings)
+    try:
+        # Held like a running agent's: a restore must not move the data root meanwhile.
+        root_lock = hold_shared(settings.data_root)
+        agent = bootstrap(settings)
+    except (StartupRefused, ConfigError) as exc:
+        print(f"bdi-agent: {exc}", file=sys.stderr)
+        return 2
     agent.services.core.progress = _print_progress
     # SIGTERM/SIGINT: take nothing new, let the command in flight finish, exit normally.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -203,6 +226,7 @@ def one_shot(
         replies: list[tuple[Reply, dict[str, Any]]] = [(f.result(), x) for f, x in futures]
     finally:
         agent.stop()
+        root_lock.release()
     failed = False
     for reply, extra in replies:
         print(json.dumps({**extra, **reply.to_dict()}), flush=True)

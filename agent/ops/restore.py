@@ -9,7 +9,9 @@
 - Archives from ``tar czf x.tar.gz models datasets`` (the seeds' upgrade procedure), with
   or without one wrapping folder, are accepted too.
 
-Stop the agent first: it holds the journal open and caches what it read.
+- Refused while an agent runs on the data root (it holds the root's lock, see
+  ``agent.root_lock``): it holds the journal open and caches what it read. The restore
+  holds the lock itself, so no agent starts on a data root half restored.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from agent.ops.backup import MANIFEST, SECTIONS, section_roots
 from agent.ops.errors import OpsError
 from agent.ops.snapshot import open_archive
+from agent.root_lock import LOCK_NAME, lock_path, try_exclusive
 from engine.errors import CorruptArtifact
 from engine.store import ModelStore, read_memory
 
@@ -56,6 +59,18 @@ class RestoreReport:
 
 def restore(settings: Settings, archive: Path, force: bool = False) -> RestoreReport:
     data_root = Path(settings.data_root)
+    lock = try_exclusive(data_root)
+    if lock is None:
+        raise OpsError(
+            f"an agent is running on the data root {data_root} (it holds {lock_path(data_root)}); "
+            "stop it first (systemctl stop bdi-agent, docker compose stop agent), then "
+            "restore. Nothing was changed"
+        )
+    with lock:
+        return _restore(settings, data_root, archive, force)
+
+
+def _restore(settings: Settings, data_root: Path, archive: Path, force: bool) -> RestoreReport:
     roots = section_roots(settings)
     present = _files_under([data_root, roots["models"]])
     if present and not force:
@@ -94,6 +109,8 @@ def _files_under(roots: list[Path], limit: int = 3) -> list[str]:
         if not root.is_dir():
             continue
         for path in root.rglob("*"):
+            if path.name == LOCK_NAME and path.parent == root:
+                continue  # the lock of the agents (and of this restore): not data
             if path.is_file() and str(path) not in found:
                 found.append(str(path))
                 if len(found) >= limit:
