@@ -20,7 +20,8 @@ Decisions where the contract is silent:
 * A created file (inotify) is open until its close event, or 2 s without writes: events
   can lag and merge under load, so a quiet spell of ``settle_ms`` alone proves nothing.
 * ``processed/`` and ``failed/`` dates are UTC. Only ``infer`` results (and refits) are
-  published; ``ok``/``ng`` results are files only.
+  published; ``ok``/``ng`` results are files only. Their day folders are deleted after
+  ``retention_days`` when set (``folders_retention``).
 * Files outside ``inbox/<role>/<roi>/<kind>/`` are logged once and left alone; files in
   an unknown ``<kind>`` folder, or not images, fail with an explanation.
 * One agent per inbox: two agents watching the same inbox would both take a file.
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import os
 import queue
+import stat
 import threading
 import time
 import warnings
@@ -63,6 +65,7 @@ from watchdog.observers.polling import PollingObserver
 from adapters.folders_datasets import DatasetRoots
 from adapters.folders_inbox import Inbox
 from adapters.folders_output import Output
+from adapters.folders_retention import sweep
 from agent.bus import Bus
 from agent.config import Settings
 from agent.services import Services
@@ -100,6 +103,7 @@ class FolderAdapter:
     def __init__(self, settings: Settings, services: Services, bus: Bus) -> None:
         self.settings = settings.folders
         data_root = settings.data_root.absolute()
+        self.data_root = data_root
         self.inbox_root = data_root / "inbox"
         self.output = Output(data_root)
         self._calls: deque[Callable[[float], None]] = deque()
@@ -141,6 +145,7 @@ class FolderAdapter:
         )
         try:
             self.inbox_root.mkdir(parents=True, exist_ok=True)
+            _keep_group(self.inbox_root)
             self.output.prepare()
             replayed, stuck = self.output.replay()  # before anything else touches the inbox
         except OSError as exc:
@@ -263,6 +268,11 @@ class FolderAdapter:
         self._watch_dataset_roots()
         self.inbox.scan(now)
         self.datasets.scan(now)
+        if self.settings.retention_days:  # deletes are I/O: never on the scheduler
+            self._io.put(self._sweep_retention)
+
+    def _sweep_retention(self) -> None:
+        sweep(self.data_root, self.settings.retention_days)
 
     def _io_loop(self) -> None:
         while True:
@@ -284,6 +294,17 @@ class _Handler(FileSystemEventHandler):
 
     def dispatch(self, event: FileSystemEvent) -> None:
         self._post(partial(self._route, event))
+
+
+def _keep_group(folder: Path) -> None:
+    """The setgid bit on the inbox: folders a camera account makes there belong to the
+    agent's group (not the camera's own), so the agent may move files out of them."""
+    try:
+        info = folder.stat()
+        if info.st_uid == os.geteuid() and not info.st_mode & stat.S_ISGID:
+            folder.chmod(stat.S_IMODE(info.st_mode) | stat.S_ISGID)
+    except OSError:
+        pass  # not ours to change (a share): its owner sets it up
 
 
 def _native_observer() -> BaseObserver:

@@ -5,6 +5,10 @@ A SIGKILL between the temp file and the rename leaves a ``.atomic-XXXX.tmp`` bes
 target: every reader of the data root skips names starting with ".", so it is never taken
 for data (it only holds space until removed). A failed write (disk full, read-only) raises
 ``StorageError`` naming the file, and leaves nothing behind.
+
+The file gets the mode a plain ``open()`` would give it (0666 less the umask), not the
+temp file's 0600: results and datasets are read by people and programs of the agent's
+group (the service's ``UMask=0007`` gives 0660, a shell's 022 gives 0644).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     except OSError as exc:
         raise storage_error(exc, path) from exc
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -42,6 +47,25 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             raise storage_error(exc, path) from exc
         raise
     fsync_dir(path.parent)
+
+
+def new_file_mode() -> int:
+    """0666 less the process's umask: the mode ``open()`` gives a new file."""
+    return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    """Read without changing it where Linux shows it (changing it is not thread-safe)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
