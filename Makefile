@@ -14,7 +14,8 @@ DEMO_ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch/torchvision are left for pip to pair (see README, "Installing").
+	# torch/torchvision are left for pip to pair (see README, "The two commands").
+	# CPU-only torch and offline installs: deploy/README.md.
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

@@ -5,6 +5,7 @@ here (``make test`` unpacks nginx into .venv/tools beforehand)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -113,6 +114,19 @@ def test_systemd_unit_is_hardened_and_restarts() -> None:
     assert "python -m agent run" in settings["ExecStart"]
     sysusers = (DEPLOY / "systemd/bdi-agent.sysusers.conf").read_text(encoding="utf-8")
     assert re.search(r"^u bdi-agent ", sysusers, re.MULTILINE)
+    # The unit's files are made for its group: folders 0770, files 0660.
+    assert settings["UMask"] == "0007" and settings["StateDirectoryMode"] == "0770"
+
+
+def test_systemd_recipe_gives_the_config_to_the_service_group() -> None:
+    """root:root 0750 would keep the service user out of its own config (the recipe is
+    run for real, as its own user, by test_service_user.py where this machine allows)."""
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## systemd", 1)[1].split("\n## ", 1)[0]
+    installs = [line for line in section.splitlines() if line.startswith("sudo install ")]
+    assert any("/etc/bdi-agent/agent.yaml" in line for line in installs)
+    for line in installs:
+        assert "-o root -g bdi-agent" in line and re.search(r"-m 0(750|640) ", line), line
 
 
 # -- docker --------------------------------------------------------------------------------
@@ -141,8 +155,14 @@ def test_compose_has_broker_and_agent_with_health_and_volumes() -> None:
     assert agent["build"]["dockerfile"] == "deploy/Dockerfile"
     assert (DEPLOY / agent["build"]["context"] / agent["build"]["dockerfile"]).is_file()
     assert "VARIANT" in agent["build"]["args"]
-    env = agent["environment"]
-    assert env["BDI_MQTT__HOST"] == "mosquitto" and env["BDI_HTTP__HOST"] == "0.0.0.0"
+    # Settings from env files only: an environment: block would beat deploy/agent.env.
+    assert "environment" not in agent
+    assert agent["env_file"] == [
+        {"path": "./cell.env"},
+        {"path": "./agent.env", "required": False},
+    ]
+    cell = env_file(DEPLOY / "cell.env")
+    assert cell["BDI_MQTT__HOST"] == "mosquitto" and cell["BDI_HTTP__HOST"] == "0.0.0.0"
     targets = {v.split(":")[1] for v in agent["volumes"]}
     assert {"/data", "/models"} <= targets
     assert set(data["volumes"]) >= {v.split(":")[0] for v in agent["volumes"]}
@@ -155,8 +175,41 @@ def test_compose_has_broker_and_agent_with_health_and_volumes() -> None:
         assert (DEPLOY / path).is_file()
 
 
+def env_file(path: Path, commented: bool = False) -> dict[str, str]:
+    """``NAME=value`` lines (``#NAME=value`` ones too with ``commented``)."""
+    values = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.removeprefix("#") if commented else line
+        if re.match(r"^[A-Z][A-Z0-9_]*=", line):
+            name, value = line.split("=", 1)
+            values[name] = value
+    return values
+
+
+def test_compose_works_without_deploy_env_and_its_env_files_hold_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from agent.config import load_settings
+
+    text = (DEPLOY / "compose.yaml").read_text(encoding="utf-8")
+    # A required ${VAR:?...} fails every compose command (run, ps...) without deploy/.env.
+    assert ":?" not in text
+    lines = {**env_file(DEPLOY / "cell.env"), **env_file(DEPLOY / "agent.env.example", True)}
+    lines = {k: v for k, v in lines.items() if "<" not in v}  # placeholders
+    for name in list(os.environ):
+        if name.startswith("BDI_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    for name, value in lines.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()  # every name is a setting, every example value valid
+    assert settings.mqtt.host == lines["BDI_MQTT__HOST"] and settings.agent_id == "line1-cell3"
+    assert settings.folders.dataset_roots == [Path("/srv/gui/datasets")]
+
+
 def test_compose_gpu_override_reserves_a_gpu() -> None:
     agent = compose("compose.gpu.yaml")["services"]["agent"]
+    assert "environment" not in agent  # it would beat deploy/agent.env
     assert agent["build"]["args"]["VARIANT"] == "cuda"
     (device,) = agent["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
