@@ -24,7 +24,9 @@ SIZE = 224
 @pytest.fixture(scope="session")
 def extractor() -> FeatureExtractor:
     """Real timm DINOv2 ViT-S/14, random weights, 224-px input (16x16 tokens) for speed."""
-    fx = FeatureExtractor(BackboneConfig(weights="random", input_size=224, runtime="torch", precision="fp32"))
+    fx = FeatureExtractor(
+        BackboneConfig(weights="random", input_size=224, runtime="torch", precision="fp32")
+    )
     fx.load()
     return fx
 
