@@ -25,7 +25,7 @@ def probe(settings: Settings) -> Choice:
 
 def table(choice: Choice) -> str:
     """The trial's rows as aligned text, the reason of each row left out or refused."""
-    rows = [[_cell(getattr(row, name)) for name in COLUMNS] for row in choice.rows]
+    rows = [[_cell(getattr(row, name), name) for name in COLUMNS] for row in choice.rows]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True))]
     for row, cells in zip(choice.rows, rows, strict=True):
@@ -33,13 +33,16 @@ def table(choice: Choice) -> str:
         lines.append(f"{line}  {row.reason}".rstrip())
     lines.append(f"serving: {choice.reason}")
     if choice.trial_s is not None:
-        lines.append(f"trial: {choice.trial_s} s ({choice.source})")
+        lines.append(
+            f"trial: {choice.trial_s} s, of which {choice.build_s} s building the exports "
+            f"({choice.source})"
+        )
     return "\n".join(lines)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, column: str) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.5f}" if value < 1.0 and value > 0.9 else f"{value:.2f}"
+        return f"{value:.5f}" if column.startswith("cos") else f"{value:.2f}"
     return str(value)

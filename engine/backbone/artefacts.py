@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.atomic import TEMP_PREFIX, atomic_write_bytes, fsync_dir
+from engine.atomic import TEMP_PREFIX, atomic_write_bytes, fsync_dir, new_file_mode
 from engine.backbone.runners import embed_tokens, token_trunk
 
 ONNX_OPSET = 17
@@ -135,6 +135,7 @@ def _publish(tmp: Path, path: Path) -> None:
     record.unlink(missing_ok=True)  # the old record must never vouch for the new bytes
     with tmp.open("rb") as handle:
         os.fsync(handle.fileno())
+    os.chmod(tmp, new_file_mode())  # mkstemp's 0600 would hide it from the service group
     os.replace(tmp, path)
     fsync_dir(path.parent)
     atomic_write_bytes(record, _sha256(path).encode() + b"\n")

@@ -73,7 +73,8 @@ class Choice:
     source: str  # "trial" | "remembered" | "settings"
     rows: list[TrialRow] = field(default_factory=list)
     key: str = ""
-    trial_s: float | None = None
+    trial_s: float | None = None  # the whole trial, building the exports included
+    build_s: float | None = None  # of which exporting and setting up runtimes (once per weights)
 
     @property
     def candidate(self) -> Candidate:

@@ -73,6 +73,7 @@ def select(
     started = time.perf_counter()
     runner, choice = _trial(allowed, skipped, model, device, setup, artefacts, batch, key)
     choice.trial_s = round(time.perf_counter() - started, 1)
+    choice.build_s = round(sum(row.build_s or 0.0 for row in choice.rows), 1)
     try:
         remember(setup.folder, choice)
     except EngineError as exc:  # a read-only root: the trial runs again next start
