@@ -286,9 +286,24 @@ def calibrate_ng(cmd: CalibrateNg, services: Services, checkpoint: Checkpoint) -
     return {k: v for k, v in calibration.items() if k != "created_at"}
 
 
-def infer_many(cmds: list[Infer], services: Services) -> list[Body | AgentError]:
-    """Several infers (one part's ROIs, or micro-batched callers) in one backbone pass."""
+def infer_many(
+    cmds: list[Infer], services: Services, between: Checkpoint | None = None
+) -> list[Body | AgentError]:
+    """Several infers (one part's ROIs, or micro-batched callers) in one backbone pass.
+
+    ``between`` runs after each image is decoded and after each is judged (an
+    ``infer_batch`` serves the single infers that wait there); its time is not counted
+    in ``inference_ms``."""
     start = time.perf_counter()
+    paused = 0.0
+
+    def pause() -> None:
+        nonlocal paused
+        if between is not None:
+            begun = time.perf_counter()
+            between()
+            paused += time.perf_counter() - begun
+
     prepared: list[tuple[Infer, RoiKey, Memory, Any] | AgentError] = []
     for cmd in cmds:
         try:
@@ -299,9 +314,10 @@ def infer_many(cmds: list[Infer], services: Services) -> list[Body | AgentError]
             prepared.append((cmd, key, memory, image))
         except Exception as exc:
             prepared.append(AgentError.from_exception(exc))
+        pause()
     ready = [p for p in prepared if not isinstance(p, AgentError)]
     embedded = iter(services.core.embed([image for *_, image in ready]) if ready else [])
-    shared_ms = (time.perf_counter() - start) * 1000
+    shared_ms = (time.perf_counter() - start - paused) * 1000
     out: list[Body | AgentError] = []
     for item in prepared:
         if isinstance(item, AgentError):
@@ -311,6 +327,7 @@ def infer_many(cmds: list[Infer], services: Services) -> list[Body | AgentError]
             out.append(_judge_one(services, *item[:3], next(embedded), shared_ms / len(ready)))
         except Exception as exc:
             out.append(AgentError.from_exception(exc))
+        pause()
     return out
 
 
@@ -353,9 +370,10 @@ def _judge_one(
 
 
 def infer_batch(cmd: InferBatch, services: Services, checkpoint: Checkpoint) -> Body:
-    """The items in chunks of at most ``max_batch`` images (and about one image's worth of
-    pixels), serving the infers that wait between chunks: a big batch neither holds every
-    decoded image at once nor keeps the line's single infers waiting until it ends."""
+    """The items in chunks of at most ``max_batch`` images and about one image's worth of
+    pixels, each chunk one backbone pass; the infers that wait are served between items
+    (after each decode and each verdict): a big batch neither holds every decoded image at
+    once nor keeps the line's single infers waiting until it ends."""
     settings = services.settings
     pixels = [_declared_pixels(item.image) for item in cmd.items]
     check_batch_size(
@@ -363,9 +381,7 @@ def infer_batch(cmd: InferBatch, services: Services, checkpoint: Checkpoint) -> 
     )
     results: list[Body | AgentError] = []
     for first, last in _chunks(pixels, settings.max_batch, settings.max_image_pixels):
-        if first:
-            checkpoint()
-        results += infer_many(list(cmd.items[first:last]), services)
+        results += infer_many(list(cmd.items[first:last]), services, between=checkpoint)
     items = []
     for item, result in zip(cmd.items, results, strict=True):
         if isinstance(result, AgentError):
