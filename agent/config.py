@@ -14,11 +14,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+)
+from pydantic_settings.exceptions import SettingsError
+
+from agent.config_checks import (
+    Device,
+    Layers,
+    LogLevel,
+    OptionalTopicLevel,
+    PathList,
+    StrList,
+    TopicLevel,
+    TopicLevels,
+    error_line,
+    unreadable,
 )
 
 DEFAULT_CONFIG_FILE = Path("configs/agent.yaml")
@@ -37,14 +51,16 @@ class MqttTls(Section):
 
 class MqttSettings(Section):
     enabled: bool = Field(True, description="connect to the broker")
-    host: str = Field("127.0.0.1", description="broker host")
+    host: str = Field("127.0.0.1", min_length=1, description="broker host")
     port: int = Field(1883, ge=1, le=65535, description="broker port")
     username: str | None = Field(None, description="broker user")
     password: str | None = Field(None, description="broker password")
     tls: MqttTls = Field(default_factory=MqttTls)
-    topic_prefix: str = Field("bdi", description="topics are <prefix>/<agent_id>/...")
-    shared_group: str | None = Field(None, description="share infer topics in this group")
-    pool: str | None = Field(None, description="shared infer topics' pool name (default: prefix)")
+    topic_prefix: TopicLevels = Field("bdi", description="topics are <prefix>/<agent_id>/...")
+    shared_group: OptionalTopicLevel = Field(None, description="share infer topics in this group")
+    pool: OptionalTopicLevel = Field(
+        None, description="shared infer topics are <prefix>/<pool>/cmd/...; default: shared_group"
+    )
     keepalive_s: int = Field(30, ge=5, description="MQTT keepalive")
     session_expiry_s: int = Field(3600, ge=0, description="broker keeps our session this long")
     result_expiry_s: int = Field(300, ge=1, description="message expiry of replies")
@@ -52,7 +68,10 @@ class MqttSettings(Section):
     stats_interval_s: float = Field(30.0, gt=0, description="period of the stats topic")
     alert_consecutive: int = Field(3, ge=1, description="anomalies in a row that alert")
     spool_max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="disk spool cap")
-    image_roots: list[Path] = Field(default_factory=list, description="roots for image_path")
+    repeat_cache_bytes: int = Field(
+        32 * 1024 * 1024, ge=0, description="replies kept to answer repeated reads"
+    )
+    image_roots: PathList = Field(default_factory=list, description="roots for image_path")
 
 
 class FolderSettings(Section):
@@ -61,14 +80,17 @@ class FolderSettings(Section):
     settle_ms: int = Field(300, ge=0, description="size+mtime must be stable this long")
     rescan_s: float = Field(60.0, gt=0, description="period of the inbox rescan")
     fit_debounce_s: float = Field(5.0, ge=0, description="quiet time before a refit")
-    dataset_roots: list[Path] = Field(default_factory=list, description="GUI dataset roots")
+    dataset_roots: PathList = Field(default_factory=list, description="GUI dataset roots")
+    retention_days: int = Field(
+        0, ge=0, description="days processed/ and failed/ are kept; 0: forever"
+    )
 
 
 class HttpSettings(Section):
     enabled: bool = Field(True, description="serve the HTTP API")
     host: str = Field("127.0.0.1", description="bind address")
     port: int = Field(8000, ge=0, le=65535, description="bind port (0: any free port)")
-    cors_origins: list[str] = Field(default_factory=lambda: ["*"], description="CORS origins")
+    cors_origins: StrList = Field(default_factory=lambda: ["*"], description="CORS origins")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="request body cap")
     enable_metrics: bool = Field(True, description="serve /metrics")
 
@@ -78,11 +100,11 @@ class Settings(BaseSettings):
         env_prefix="BDI_", env_nested_delimiter="__", extra="forbid", validate_default=True
     )
 
-    agent_id: str = Field(default_factory=socket.gethostname, description="topic namespace")
+    agent_id: TopicLevel = Field(default_factory=socket.gethostname, description="topic namespace")
     data_root: Path = Field(Path("data"), description="models, datasets, inbox, spool")
     models_dir: Path | None = Field(None, description="default <data_root>/models")
     backbone_weights: str = Field("hub", description="file path | hub | random")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    device: Device = Field("auto", description="auto | cpu | cuda | cuda:N")
     runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
         "auto", description="backbone runtime; auto: the fastest that passes the fidelity gate"
     )
@@ -97,26 +119,36 @@ class Settings(BaseSettings):
     )
     threads: int | None = Field(None, ge=1, description="CPU threads for torch")
     input_size: int = Field(448, ge=14, le=2048, description="long side fed to the backbone")
-    layers: list[int] = Field(default_factory=lambda: [-1], description="ViT blocks used")
+    layers: Layers = Field(default_factory=lambda: [-1], description="ViT blocks used")
     coreset_rate: float = Field(0.02, gt=0, le=1, description="PatchCore coreset rate")
     coreset_min: int = Field(1024, ge=1, description="coreset lower clamp (patches)")
     coreset_max: int = Field(20_000, ge=1, description="coreset upper clamp (patches)")
     projection_dim: int = Field(128, ge=8, description="coreset random projection dims")
-    metric: str = Field("cosine", pattern="^(cosine|l2)$", description="patch distance")
+    metric: Literal["cosine", "l2"] = Field("cosine", description="patch distance")
     blur_sigma: float = Field(4.0, ge=0, description="heatmap Gaussian sigma (px)")
     score_percentile: float = Field(99.0, gt=0, le=100, description="OK percentile")
     area_mm2_thr: float = Field(0.0, ge=0, description="smallest region kept (mm^2)")
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="image size cap")
     max_image_pixels: int = Field(40_000_000, ge=1024, description="image pixel cap")
     max_batch: int = Field(8, ge=1, le=64, description="images per backbone pass")
+    max_batch_items: int = Field(64, ge=1, le=256, description="items per infer_batch")
+    max_batch_pixels: int = Field(64_000_000, ge=1024, description="pixels per infer_batch")
     queue_size: int = Field(64, ge=1, description="commands waiting; beyond: busy")
     api_key: str | None = Field(None, description="X-API-Key required when set")
-    log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR")
+    log_level: LogLevel = Field("INFO", description="DEBUG | INFO | WARNING | ERROR")
     rois_file: Path = Field(Path("configs/rois.yaml"), description="per-ROI defaults")
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     folders: FolderSettings = Field(default_factory=FolderSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     legacy_names_used: list[str] = Field(default_factory=list, exclude=True)
+
+    @model_validator(mode="after")
+    def _coreset_bounds(self) -> Settings:
+        if self.coreset_min > self.coreset_max:
+            raise ValueError(
+                f"coreset_min ({self.coreset_min}) must not exceed coreset_max ({self.coreset_max})"
+            )
+        return self
 
     @property
     def models_root(self) -> Path:
@@ -209,12 +241,16 @@ class YamlFileSource(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         explicit = os.environ.get("BDI_CONFIG")
         path = Path(explicit) if explicit else DEFAULT_CONFIG_FILE
-        if not path.is_file():
-            if explicit:
-                raise ConfigError(f"config file {path} (BDI_CONFIG) does not exist")
-            return {}
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            if explicit:
+                raise ConfigError(f"config file {path} (BDI_CONFIG) does not exist") from None
+            return {}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(unreadable(path, "config file", exc)) from None
+        try:
+            data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if data is None:
@@ -230,17 +266,17 @@ class ConfigError(Exception):
 
 def load_settings(**overrides: Any) -> Settings:
     """Settings from every source; a bad value raises ``ConfigError`` naming the field."""
+    source = os.environ.get("BDI_CONFIG") or str(DEFAULT_CONFIG_FILE)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        source = os.environ.get("BDI_CONFIG") or str(DEFAULT_CONFIG_FILE)
-        lines = []
-        for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"])
-            lines.append(f"  {field}: {error['msg']} (got {error.get('input')!r})")
+        lines = [error_line(dict(error)) for error in exc.errors()]
         raise ConfigError(
             f"invalid settings (environment BDI_* or {source}):\n" + "\n".join(lines)
         ) from None
+    except SettingsError as exc:  # a section given as one variable that is not JSON
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise ConfigError(f"invalid settings (environment BDI_*): {exc}{cause}") from None
 
 
 class RoiDefaults(Section):
@@ -253,10 +289,14 @@ class RoiDefaults(Section):
 
 def load_roi_defaults(path: Path) -> dict[tuple[str, str, str], RoiDefaults]:
     """Per-ROI defaults keyed by (recipe_id, role_id, roi_id); an absent file is none."""
-    if not path.is_file():
-        return {}
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(unreadable(path, "ROI defaults file", exc)) from None
+    try:
+        data = yaml.safe_load(text) or {}
         entries = [RoiDefaults(**entry) for entry in data.get("rois", [])]
     except (yaml.YAMLError, ValidationError, TypeError, AttributeError) as exc:
         raise ConfigError(f"ROI defaults file {path} is invalid: {exc}") from None
