@@ -49,8 +49,6 @@ def select(
 ) -> tuple[Runner, Choice]:
     """The runner that serves and why. ``images``: RGB crops for the gate (a ROI's stored
     OK images); generated ones make up the batch. ``force`` ignores a remembered choice."""
-    folder = setup.folder or Path(tempfile.mkdtemp(prefix="bdi-runtime-"))
-    artefacts = Artefacts(folder, model, setup.weights_sha256, setup.layers)
     allowed, skipped = candidates(setup)
     key = trial_key(setup)
     if not allowed:
@@ -63,6 +61,9 @@ def select(
         why = f"torch fp32 set by configuration (runtime {setup.runtime}, precision fp32)"
         pinned: Runner = TorchRunner(model, device, "fp32", setup.layers)
         return pinned, Choice("torch", "fp32", why, "settings", skipped, key)
+    # Without a runtime folder (a notebook, a test) exports go to a temp folder of their own.
+    folder = setup.folder or Path(tempfile.mkdtemp(prefix="bdi-runtime-"))
+    artefacts = Artefacts(folder, model, setup.weights_sha256, setup.layers)
     batch = reference_batch(images, setup.input_size)
     if not force:
         known = remembered(setup.folder, key)
