@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import io
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +87,13 @@ def checkpoints(
 def ops_settings(data_root: Path, **overrides: Any) -> Settings:
     """In-process settings like the CLI's: random weights, 224 px, no adapters, CPU."""
     return agent_settings(data_root, **{"device": "cpu", **overrides})
+
+
+def write_tar(path: Path, files: dict[str, bytes]) -> Path:
+    """A .tar.gz holding ``files`` (name -> bytes) exactly as named."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

@@ -25,7 +25,7 @@ from engine.datasets import DatasetStore
 from engine.keys import RoiKey
 from engine.memory import Memory, MemoryInfo
 from engine.store import ModelStore
-from tests.ops.conftest import bdi, fit_roi, ops_settings, send
+from tests.ops.conftest import bdi, fit_roi, ops_settings, send, write_tar
 from tests.support import cli_env
 from tests.synthetic.discs import encode_png, make_set
 
@@ -190,17 +190,8 @@ def test_restore_refuses_a_non_empty_root_unless_forced(tmp_path: Path) -> None:
     assert ModelStore(target / "models").roi_keys() == [KEY]
 
 
-def _tar(path: Path, files: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 def test_restore_refuses_path_traversal(tmp_path: Path) -> None:
-    evil = _tar(
+    evil = write_tar(
         tmp_path / "evil.tar.gz",
         {"models/fine.txt": b"ok", "models/../../escaped.txt": b"pwned"},
     )
@@ -216,7 +207,7 @@ def test_restore_refuses_path_traversal(tmp_path: Path) -> None:
     with pytest.raises(OpsError, match="not a readable"):
         restore(ops_settings(target), _write(tmp_path / "x.tar.gz", b"not a tar"))
     with pytest.raises(OpsError, match="not a backup"):
-        restore(ops_settings(target), _tar(tmp_path / "other.tar.gz", {"etc/passwd": b"x"}))
+        restore(ops_settings(target), write_tar(tmp_path / "other.tar.gz", {"etc/passwd": b"x"}))
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -3,12 +3,10 @@ and goes through once the agent has stopped."""
 
 from __future__ import annotations
 
-import io
 import json
 import signal
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ import pytest
 from agent.ops.errors import OpsError
 from agent.ops.restore import restore
 from agent.root_lock import lock_path
-from tests.ops.conftest import ops_settings
+from tests.ops.conftest import ops_settings, write_tar
 from tests.support import cli_env
 
 
@@ -24,12 +22,7 @@ def dataset_archive(path: Path) -> Path:
     """What ``tar czf b.tar.gz datasets`` of a line gives: one OK sample and its sidecar."""
     folder = "datasets/default/SW5zcA/UjE/ok"
     files = {f"{folder}/OK_1.png": b"\x89PNG not decoded by restore", f"{folder}/OK_1.json": b"{}"}
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
+    return write_tar(path, files)
 
 
 def test_restore_waits_for_the_agent_to_stop(tmp_path: Path) -> None:
