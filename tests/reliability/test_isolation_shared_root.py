@@ -32,7 +32,13 @@ def test_two_agents_on_one_root_lose_no_verdict_through_an_outage(
         fresh_broker.port, client_id="reader", persistent=True, subscribe=("bdi/+/roi/#",)
     )
     try:
-        fresh_broker.kill()
+        # The reader's subscription must be in the broker, and on its disk, before the
+        # outage: a barrier message it receives proves the first; stopping (not killing)
+        # mosquitto writes its sessions out. Verdicts published before the reader is back
+        # are then queued for it instead of racing its reconnect.
+        reader.publish("bdi/barrier/roi/subscribed", {"barrier": True})
+        reader.wait_for(lambda t, b: t == "bdi/barrier/roi/subscribed", timeout=30)
+        fresh_broker.stop()
         for agent, _ in started:
             wait_connected(agent, state="disconnected")
         sent: set[str] = set()
