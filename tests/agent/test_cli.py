@@ -127,7 +127,7 @@ def test_runtime_probe_prints_the_trial_and_agents_serve_its_choice(tmp_path: Pa
     env = cli_env(
         tmp_path / "data",
         BDI_RUNTIME="auto",
-        BDI_PRECISION="auto",
+        BDI_PRECISION="fp32",  # every runtime at fp32: a real trial, no int8 to calibrate
         BDI_INPUT_SIZE="112",
         BDI_RUNTIME_TRIAL_S="2",
     )
