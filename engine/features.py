@@ -160,7 +160,7 @@ class FeatureExtractor:
             budget_s=cfg.trial_budget_s,
             weights_sha256=self._weights.sha256,
         )
-        images = self.reference_images() if self.reference_images is not None else ()
+        images = self.reference_images or tuple
         self._runner, self._choice = select(self._model, device, setup, images, force)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,12 @@ def select(
     model: Any,
     device: Any,
     setup: TrialSetup,
-    images: Sequence[np.ndarray] = (),
+    images: Callable[[], Sequence[np.ndarray]] = tuple,
     force: bool = False,
 ) -> tuple[Runner, Choice]:
-    """The runner that serves and why. ``images``: RGB crops for the gate (a ROI's stored
-    OK images); generated ones make up the batch. ``force`` ignores a remembered choice."""
+    """The runner that serves and why. ``images`` gives RGB crops for the gate (a ROI's
+    stored OK images; read only when a gate runs); generated ones make up the batch.
+    ``force`` ignores a remembered choice."""
     allowed, skipped = candidates(setup)
     key = trial_key(setup)
     if not allowed:
@@ -64,7 +66,8 @@ def select(
     # Without a runtime folder (a notebook, a test) exports go to a temp folder of their own.
     folder = setup.folder or Path(tempfile.mkdtemp(prefix="bdi-runtime-"))
     artefacts = Artefacts(folder, model, setup.weights_sha256, setup.layers)
-    batch = reference_batch(images, setup.input_size)
+    # Decoded only when a gate runs: a start that reuses its choice reads no image.
+    batch = functools.cache(lambda: reference_batch(images(), setup.input_size))
     if not force:
         known = remembered(setup.folder, key)
         if known is not None:
@@ -72,7 +75,7 @@ def select(
             if reused is not None:
                 return reused, replace(known, source="remembered")
     started = time.perf_counter()
-    runner, choice = _trial(allowed, skipped, model, device, setup, artefacts, batch, key)
+    runner, choice = _trial(allowed, skipped, model, device, setup, artefacts, batch(), key)
     choice.trial_s = round(time.perf_counter() - started, 1)
     choice.build_s = round(sum(row.build_s or 0.0 for row in choice.rows), 1)
     try:
@@ -88,18 +91,18 @@ def _reuse(
     device: Any,
     setup: TrialSetup,
     artefacts: Artefacts,
-    batch: list[np.ndarray],
+    batch: Callable[[], list[np.ndarray]],
 ) -> Runner | None:
     """The remembered runner, its artefact checked; one rebuilt (corrupt, deleted) is
     gated again before it serves. None: run the trial again."""
     try:
-        runner = build_runner(known.candidate, model, device, setup, artefacts, lambda: batch)
+        runner = build_runner(known.candidate, model, device, setup, artefacts, batch)
     except Exception as exc:
         log.warning("remembered runtime cannot be built", runtime=known.reason, reason=str(exc))
         return None
     if artefacts.built:
-        reference = features_of(TorchRunner(model, device, "fp32", setup.layers), batch)
-        cos_mean, cos_min = fidelity(reference, features_of(runner, batch))
+        reference = features_of(TorchRunner(model, device, "fp32", setup.layers), batch())
+        cos_mean, cos_min = fidelity(reference, features_of(runner, batch()))
         log.info("runtime artefact rebuilt", built=artefacts.built, cos_mean=cos_mean)
         if not passes(cos_mean, cos_min):
             return None
