@@ -16,6 +16,7 @@ from typing import Any
 from agent.bootstrap import Agent, bootstrap, build_engine
 from agent.config import Settings
 from engine.features import BackboneConfig, FeatureExtractor
+from tests.adapters.mqtt_support import Broker
 from tests.synthetic.discs import encode_png, make_set
 
 SIZE = 224
@@ -64,6 +65,15 @@ def make_agent(tmp_path: Path, extractor: FeatureExtractor) -> Iterator[Callable
     yield make
     for agent in started:
         agent.stop(timeout=30)
+
+
+@pytest.fixture
+def fresh_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A real mosquitto of this test's own, on a free port (stopped by its pid)."""
+    server = Broker(tmp_path / "mosquitto")
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

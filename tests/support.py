@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 
@@ -27,3 +28,8 @@ def cli_env(data_root: Path, **extra: str) -> dict[str, str]:
         **extra,
     }
     return {k: v for k, v in env.items() if v != "<unset>"}
+
+
+def b64(data: bytes) -> str:
+    """Image bytes as the base64 text a JSON command carries."""
+    return base64.b64encode(data).decode()

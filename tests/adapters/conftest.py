@@ -24,15 +24,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 
 @pytest.fixture
-def fresh_broker(tmp_path: Path) -> Iterator[Broker]:
-    """A broker of this test's own, for tests that kill or reconfigure it."""
-    server = Broker(tmp_path / "mosquitto")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def mqtt_agent(
     make_agent: Callable[..., Agent],
 ) -> Iterator[Callable[..., tuple[Agent, MqttAdapter]]]:

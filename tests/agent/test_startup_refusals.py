@@ -7,22 +7,11 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from agent.root_lock import lock_path, try_exclusive
 from tests.adapters.mqtt_support import Broker, Client
 from tests.support import cli_env
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    server = Broker(tmp_path / "mosquitto")
-    server.start()
-    yield server
-    server.stop()
 
 
 def run_agent(data_root: Path, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -52,7 +41,9 @@ def retained_under(broker: Broker, prefix: str) -> list[tuple[str, object]]:
         client.close()
 
 
-def test_a_taken_http_port_is_one_line_and_nothing_connects(tmp_path: Path, broker: Broker) -> None:
+def test_a_taken_http_port_is_one_line_and_nothing_connects(
+    tmp_path: Path, fresh_broker: Broker
+) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
@@ -64,7 +55,7 @@ def test_a_taken_http_port_is_one_line_and_nothing_connects(tmp_path: Path, brok
             BDI_HTTP__ENABLED="true",
             BDI_HTTP__PORT=str(port),
             BDI_MQTT__ENABLED="true",
-            BDI_MQTT__PORT=str(broker.port),
+            BDI_MQTT__PORT=str(fresh_broker.port),
         )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -72,7 +63,7 @@ def test_a_taken_http_port_is_one_line_and_nothing_connects(tmp_path: Path, brok
     assert f"HTTP port {port} on 127.0.0.1 is taken" in lines[0] and "BDI_HTTP__PORT" in lines[0]
     assert "mqtt connected" not in result.stdout
     # Nothing reached the broker: no retained status (online, offline, stopped) is left.
-    assert retained_under(broker, "bdi/taken") == []
+    assert retained_under(fresh_broker, "bdi/taken") == []
 
 
 def test_an_agent_does_not_start_while_a_restore_holds_the_root(tmp_path: Path) -> None:

@@ -3,22 +3,12 @@ verdicts it publishes, and Ctrl-C stopping everything it started."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.adapters.mqtt_support import Broker, Client, free_port
 from tests.e2e.support import FrontDoor, alive, clean_env
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    server = Broker(tmp_path / "mosquitto")
-    server.start()
-    yield server
-    server.stop()
 
 
 def verdict_from(source: str) -> Callable[[str, Any], bool]:
@@ -30,14 +20,14 @@ def verdict_from(source: str) -> Callable[[str, Any], bool]:
 
 
 def test_demo_publishes_verdicts_and_stops_everything_on_ctrl_c(
-    tmp_path: Path, broker: Broker
+    tmp_path: Path, fresh_broker: Broker
 ) -> None:
     watcher = Client(
-        broker.port,
+        fresh_broker.port,
         client_id="e2e-watcher",
         subscribe=("bdi/+/result/#", "bdi/+/roi/+/+/last", "bdi/+/status"),
     )
-    args = ["--mqtt-port", str(broker.port), "--http-port", str(free_port())]
+    args = ["--mqtt-port", str(fresh_broker.port), "--http-port", str(free_port())]
     args += ["--data-root", str(tmp_path / "data-demo"), "--interval", "0.5"]
     args += ["--n-ok", "12", "--n-ng", "3"]  # a small fit: the plumbing is what counts here
     # torch pinned: the runtime trial is tested on its own (tests/engine/test_runtime.py)

@@ -4,7 +4,6 @@ check that the agent still judges a normal inference afterwards."""
 
 from __future__ import annotations
 
-import base64
 import uuid
 from typing import Any
 
@@ -12,13 +11,10 @@ from adapters.mqtt import MqttAdapter
 from agent.bootstrap import Agent
 from agent.parsing import parse_command
 from tests.adapters.mqtt_support import Client
+from tests.support import b64
 
 ROI = {"role_id": "Inspection", "roi_id": "Inspection_1"}
 MM = 0.2
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def ask(

@@ -19,7 +19,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from adapters.mqtt_topics import Topics
 from engine.errors import BadInput
 from engine.keys import RoiKey, check_id
-from tests.adapters.conftest import broker, fresh_broker, mqtt_agent, wait_connected  # noqa: F401
+from tests.adapters.conftest import broker, mqtt_agent, wait_connected  # noqa: F401
 from tests.adapters.mqtt_support import Broker, Client
 from tests.reliability.hostile import bounded, hypothesis_home  # noqa: F401
 from tests.reliability.isolation_support import MM, ROI, ask, b64, fit, still_serving

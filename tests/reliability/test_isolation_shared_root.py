@@ -13,7 +13,7 @@ import pytest
 
 from adapters.spool import spool_folder
 from agent.parsing import parse_command
-from tests.adapters.conftest import fresh_broker, mqtt_agent, wait_connected  # noqa: F401
+from tests.adapters.conftest import mqtt_agent, wait_connected  # noqa: F401
 from tests.adapters.mqtt_support import Broker, Client
 from tests.reliability.isolation_support import MM, ROI, b64, fit
 
