@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
 import structlog
@@ -25,7 +26,7 @@ def build_adapters(settings: Settings, agent: Agent) -> list[Adapter]:
             log.info("adapter disabled", adapter=name)
             continue
         try:
-            module = __import__(f"adapters.{name}", fromlist=["create"])
+            module = importlib.import_module(f"adapters.{name}.adapter")
         except ModuleNotFoundError:
             log.warning("adapter not available in this build", adapter=name)
             continue

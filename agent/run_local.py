@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config import ConfigError, Settings, load_settings
-from agent.demo_procs import (
+from agent.demo.procs import (
     LOCAL_HOSTS,
     Supervisor,
     answers,

@@ -15,9 +15,9 @@ from typing import Any
 
 from agent.bootstrap import Agent, bootstrap, build_engine
 from agent.config import Settings
+from agent.demo.discs import encode_png, make_set
 from engine.features import BackboneConfig, FeatureExtractor
 from tests.adapters.mqtt_support import Broker
-from tests.synthetic.discs import encode_png, make_set
 
 SIZE = 224
 

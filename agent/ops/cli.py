@@ -149,7 +149,8 @@ def _memories_built_elsewhere(settings: Settings, tensor_sha: str) -> list[str]:
 
 
 def _doctor(args: argparse.Namespace, settings: Settings) -> int:
-    from agent.ops.doctor import failed, render_json, render_text, run_doctor
+    from agent.ops.doctor.check import failed, render_json, render_text
+    from agent.ops.doctor.run import run_doctor
 
     checks = run_doctor(settings, timeout_s=args.timeout)
     print(render_json(checks) if args.json else render_text(checks))

@@ -197,7 +197,7 @@ def import_roi(
 
 
 def _feature_mismatch(built: str, current: str | None, unknown_reason: str) -> str | None:
-    from agent.ops.doctor_rois import describe_mismatch
+    from agent.ops.doctor.rois import describe_mismatch
 
     if current is None:
         reason = f" ({unknown_reason})" if unknown_reason else ""

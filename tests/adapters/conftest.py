@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from adapters.mqtt import MqttAdapter, create
+from adapters.mqtt.adapter import MqttAdapter, create
 from agent.bootstrap import Agent
 from engine.features import FeatureExtractor
 from tests.adapters.mqtt_support import Broker

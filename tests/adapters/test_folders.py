@@ -10,7 +10,7 @@ import time
 import cv2
 import pytest
 
-from adapters import folders_inbox
+from adapters.folders import inbox as folders_inbox
 from tests.adapters.test_folders_support import (
     MM,
     discs,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from adapters.folders_retention import sweep
+from adapters.folders.retention import sweep
 from tests.adapters.test_folders_support import FolderAgents, wait_for
 
 

@@ -11,13 +11,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from adapters.folders import FolderAdapter, create
+from adapters.folders.adapter import FolderAdapter, create
 from agent.bootstrap import Agent, bootstrap, build_engine
+from agent.demo.discs import encode_png, make_set
 from agent.parsing import parse_command
 from agent.replies import Reply
 from engine.features import BackboneConfig, FeatureExtractor
 from tests.conftest import agent_settings
-from tests.synthetic.discs import encode_png, make_set
 
 SIZE = 112  # 8x8 tokens: the folder tests are about files, not about accuracy
 MM = 0.2

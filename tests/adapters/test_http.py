@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
+from agent.demo.discs import encode_png
 from tests.adapters.socket_options import server_connections_nodelay
 from tests.adapters.test_http_support import (  # noqa: F401 (fixtures)
     FORM,
@@ -33,7 +34,6 @@ from tests.adapters.test_http_support import (  # noqa: F401 (fixtures)
     serve,
     server,
 )
-from tests.synthetic.discs import encode_png
 
 
 def curl(*args: str) -> tuple[int, dict]:
@@ -402,7 +402,7 @@ def test_stop_frees_the_port(serve) -> None:
 
 
 def test_the_agent_wiring_builds_the_http_adapter(make_agent) -> None:
-    from adapters.http import HttpAdapter
+    from adapters.http.adapter import HttpAdapter
     from agent.adapters_wiring import build_adapters
 
     agent = make_agent(http={"enabled": True, "port": 0})

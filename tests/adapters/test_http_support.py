@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.http import HttpAdapter, create
+from adapters.http.adapter import HttpAdapter, create
 from agent.bootstrap import Agent
 
 ROI = {"role_id": "Inspection", "roi_id": "Inspection_1"}

@@ -9,9 +9,9 @@ import uuid
 import paho.mqtt.client as mqtt
 import pytest
 
+from agent.demo.discs import encode_png
 from tests.adapters.conftest import wait_connected
 from tests.adapters.mqtt_support import Client
-from tests.synthetic.discs import encode_png
 
 ROI = {"role_id": "Inspection", "roi_id": "Inspection_1"}
 PREFIX = "bdi/line1"

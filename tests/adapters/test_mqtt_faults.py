@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.spool import Spool, spool_folder
+from adapters.mqtt.spool import Spool, spool_folder
 from tests.adapters.conftest import wait_connected
 from tests.adapters.mqtt_support import Broker, Client
 from tests.support import ROOT, cli_env

@@ -3,7 +3,7 @@ per agent."""
 
 from pathlib import Path
 
-from adapters.spool import REJECTED, Spool, spool_folder
+from adapters.mqtt.spool import REJECTED, Spool, spool_folder
 
 
 def test_order_cap_count_and_restart(tmp_path: Path) -> None:

@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+from agent.demo.discs import encode_png, make_set
 from engine.keys import RoiKey
 from engine.store import ModelStore
 from tests.support import ROOT, cli_env
-from tests.synthetic.discs import encode_png, make_set
 
 
 def write_discs(folder: Path, seed: int, n_ok: int, n_per_defect: int = 0) -> list[Path]:

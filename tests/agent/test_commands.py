@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from agent.bootstrap import Agent
+from agent.demo.discs import encode_png
 from agent.errors import AgentError
 from agent.parsing import parse_command
 from agent.replies import Reply
-from tests.synthetic.discs import encode_png
 
 ROI = {"role_id": "Inspection", "roi_id": "Inspection_1"}
 

@@ -12,12 +12,12 @@ from typing import Any
 
 from agent.bootstrap import Agent, bootstrap
 from agent.config import Settings
+from agent.demo.discs import encode_png, make_set
 from agent.logging import configure_logging
 from agent.parsing import parse_command
 from engine.keys import RoiKey
 from engine.preprocess import decode_image
 from engine.verdict import judge
-from tests.synthetic.discs import encode_png, make_set
 
 ROI = {"role_id": "Inspection", "roi_id": "Inspection_1"}
 SIZE = 448

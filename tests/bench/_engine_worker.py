@@ -97,8 +97,8 @@ def _fit_task(args: dict[str, Any]) -> dict[str, Any]:
     again; the dump's time is measured and taken out of the fit time.
     """
     import engine.patchcore as patchcore
+    from agent.demo.discs import encode_png, make_set
     from engine.features import BackboneConfig, FeatureExtractor
-    from tests.synthetic.discs import encode_png, make_set
 
     n_images = int(args["n_images"])
     samples = [

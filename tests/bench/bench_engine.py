@@ -174,7 +174,7 @@ def _backbone_and_infer(sizes: Sizes) -> dict[tuple[str, int], float]:
 
 def bench_backbone(extractors: dict[str, Any], sizes: Sizes) -> dict[tuple[str, int], float]:
     """Median ms per image of ``extract`` at batch 1 and at the fit's batch size."""
-    from tests.synthetic.discs import make_set
+    from agent.demo.discs import make_set
 
     images = np.stack([disc.image for disc in make_set(SEED_BACKBONE, sizes.batch)])
     out: dict[tuple[str, int], float] = {}
@@ -215,8 +215,8 @@ def bench_infer_and_auroc(
 
     The same runs give the timing breakdown and the image scores for AUROC.
     """
+    from agent.demo.discs import DEFECT_KINDS, encode_png, make_set
     from engine.patchcore import PatchCore, Sample
-    from tests.synthetic.discs import DEFECT_KINDS, encode_png, make_set
 
     train = make_set(SEED_TRAIN, sizes.train_ok)
     test = make_set(SEED_TEST, sizes.test_ok, sizes.test_per_kind)

@@ -84,7 +84,7 @@ def main(quick: bool = False) -> None:
 
 
 def _start(root: Path, sizes: Sizes) -> tuple[Any, Any, Replies]:
-    from adapters.folders import create
+    from adapters.folders.adapter import create
     from agent.bootstrap import bootstrap
     from agent.config import Settings
 
@@ -121,7 +121,7 @@ def _start(root: Path, sizes: Sizes) -> tuple[Any, Any, Replies]:
 
 
 def _discs(size: int) -> list[bytes]:
-    from tests.synthetic.discs import encode_png, make_set
+    from agent.demo.discs import encode_png, make_set
 
     return [encode_png(d.image) for d in make_set(seed=71, n_ok=24, size=size)]
 
@@ -136,7 +136,7 @@ def _fit(agent: Any, pngs: list[bytes]) -> None:
 
 
 def _result_path(agent: Any, stem: str) -> Callable[[], Path | None]:
-    from adapters.folders_output import utc_day
+    from adapters.folders.output import utc_day
 
     processed = agent.settings.data_root / "processed"
 

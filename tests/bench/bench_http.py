@@ -48,7 +48,7 @@ def main(quick: bool = False) -> None:
 
 
 def _start(data_root: Path) -> tuple[Any, Any]:
-    from adapters.http import create
+    from adapters.http.adapter import create
     from agent.bootstrap import bootstrap
     from agent.config import Settings
 
@@ -75,7 +75,7 @@ def _start(data_root: Path) -> tuple[Any, Any]:
 def _bench(agent: Any, url: str, runs: int, warmup: int, quick: bool) -> None:
     import httpx
 
-    from tests.synthetic.discs import encode_png, make_set
+    from agent.demo.discs import encode_png, make_set
 
     train = [encode_png(d.image) for d in make_set(1, 8, size=IMAGE_SIZE)]
     test = [encode_png(d.image) for d in make_set(2, 4, size=IMAGE_SIZE)]

@@ -12,8 +12,8 @@ import time
 import uuid
 from pathlib import Path
 
-from adapters.mqtt import create
-from adapters.spool import Spool
+from adapters.mqtt.adapter import create
+from adapters.mqtt.spool import Spool
 from tests.adapters.mqtt_support import Broker, Client
 from tests.bench._agent_setup import (
     bench_agent,

@@ -91,8 +91,8 @@ def main(quick: bool = False) -> None:
 
 
 def _data(sizes: Sizes) -> dict[str, Any]:
+    from agent.demo.discs import encode_png, make_set
     from engine.patchcore import Sample
-    from tests.synthetic.discs import encode_png, make_set
 
     train = make_set(SEED_TRAIN, sizes.train_ok)
     test = make_set(SEED_TEST, sizes.test_ok, sizes.test_per_kind)
@@ -184,8 +184,8 @@ def _backbone(
 def _inference(extractors: dict[str, Any], data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The agent's per-image path (decode, predict, judge with a heatmap) on each runtime's
     own memory, image by image in turn; then each runtime's AUROC."""
+    from agent.demo.discs import DEFECT_KINDS
     from engine.patchcore import PatchCore
-    from tests.synthetic.discs import DEFECT_KINDS
 
     cores, memories = {}, {}
     for label, extractor in extractors.items():

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from adapters.http_routes_guard import PUBLIC_PATHS
-from adapters.mqtt_topics import Topics
+from adapters.http.routes_guard import PUBLIC_PATHS
+from adapters.mqtt.topics import Topics
 from agent.commands import COMMANDS
 from agent.config import LEGACY_NAMES, Settings
 from agent.config_checks import NOT_SETTINGS
@@ -30,7 +30,7 @@ def text(name: str) -> str:
 @pytest.fixture(scope="module")
 def routes(tmp_path_factory: pytest.TempPathFactory) -> set[tuple[str, str]]:
     """(method, path) of every route the HTTP adapter serves, FastAPI's own included."""
-    from adapters.http import create_app
+    from adapters.http.adapter import create_app
     from agent.bootstrap import bootstrap
     from tests.conftest import agent_settings
 

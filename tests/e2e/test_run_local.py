@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import Settings
-from agent.demo_procs import answers
+from agent.demo.procs import answers
 from agent.run_local import check_weights, plan_mqtt
 from engine.backbone.weights import HUB_REPO
 from tests.adapters.mqtt_support import free_port

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.demo.discs import encode_png, make_set
 from tests.adapters.test_folders_support import wait_for
 from tests.support import ROOT, cli_env
-from tests.synthetic.discs import encode_png, make_set
 
 UNIT = ROOT / "deploy/systemd/bdi-agent.service"
 SERVICE_ID, CAMERA_ID = 47311, 47312  # uids/gids no account of this machine uses

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from agent.demo.discs import SyntheticDisc, encode_png, make_set
 from engine.calibration import choose_threshold
 from engine.coreset import CoresetConfig
 from engine.embedding_cache import EmbeddingCache
@@ -18,7 +19,6 @@ from engine.memory import Memory, check_scale
 from engine.patchcore import PatchCore, PatchCoreConfig, Sample
 from engine.store import ModelStore
 from engine.verdict import judge
-from tests.synthetic.discs import SyntheticDisc, encode_png, make_set
 
 SIZE = 224
 VISIBLE = ("scratch", "crack", "rust", "pits")  # edge_chip sits on the ROI's own edge

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from agent.demo.discs import encode_png, make_set
 from engine.backbone.artefacts import Artefacts, _valid
 from engine.backbone.choose import Candidate, TrialSetup, candidates, trial_key
 from engine.backbone.hardware import Hardware
@@ -23,7 +24,6 @@ from engine.backbone.weights import MODEL_NAME, build_vit
 from engine.features import BackboneConfig, FeatureExtractor
 from engine.patchcore import PatchCore, Sample
 from tests.support import ROOT
-from tests.synthetic.discs import encode_png, make_set
 
 SIZE = 112
 AVX2_ONLY = Hardware("cpu", "test CPU (AVX2)", frozenset({"avx2", "fma"}))

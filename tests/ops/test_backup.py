@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from agent.bootstrap import Agent
+from agent.demo.discs import encode_png, make_set
 from agent.ops import snapshot
 from agent.ops.backup import backup
 from agent.ops.errors import OpsError
@@ -27,7 +28,6 @@ from engine.memory import Memory, MemoryInfo
 from engine.store import ModelStore
 from tests.ops.conftest import bdi, fit_roi, ops_settings, send, write_tar
 from tests.support import cli_env
-from tests.synthetic.discs import encode_png, make_set
 
 KEY = RoiKey.of("Insp", "R1")
 

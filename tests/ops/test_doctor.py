@@ -12,9 +12,10 @@ from pydantic import ValidationError
 
 from agent.bootstrap import Agent
 from agent.config import Settings
-from agent.ops.doctor import FAIL, OK, WARN, Check, Context, failed, render_text, run_doctor
-from agent.ops.doctor_checks import check_device, check_http_port, check_legacy_names
-from agent.ops.doctor_rois import check_roi
+from agent.ops.doctor.check import FAIL, OK, WARN, Check, Context, failed, render_text
+from agent.ops.doctor.checks import check_device, check_http_port, check_legacy_names
+from agent.ops.doctor.rois import check_roi
+from agent.ops.doctor.run import run_doctor
 from engine.features import FeatureExtractor
 from engine.keys import RoiKey
 from engine.store import ModelStore
@@ -65,7 +66,7 @@ def test_unreachable_broker_and_unwritable_root_fail_then_pass_once_fixed(
 
 def test_a_broker_that_refuses_the_credentials_fails_with_the_auth_fix(tmp_path: Path) -> None:
     from agent.config import MqttSettings
-    from agent.ops.doctor_broker import probe_broker
+    from agent.ops.doctor.broker import probe_broker
 
     broker = Broker(tmp_path / "broker", extra_conf="allow_anonymous false\n")
     broker.start()

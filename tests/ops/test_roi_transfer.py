@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from agent.bootstrap import Agent
+from agent.demo.discs import encode_png
 from agent.ops.errors import OpsError
 from agent.ops.roi_transfer import export_roi, import_roi
 from engine.features import BackboneConfig, FeatureExtractor
 from engine.keys import RoiKey
 from tests.ops.conftest import bdi, fit_roi, send
 from tests.support import cli_env
-from tests.synthetic.discs import encode_png
 
 KEY = RoiKey.of("Insp", "R1")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from adapters.mqtt import MqttAdapter
+from adapters.mqtt.adapter import MqttAdapter
 from agent.bootstrap import Agent
 from agent.parsing import parse_command
 from tests.adapters.mqtt_support import Client

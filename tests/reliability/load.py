@@ -30,9 +30,9 @@ from typing import Any
 
 import httpx
 
+from agent.demo.discs import encode_png, make_set
 from tests.adapters.mqtt_support import Broker, Client
 from tests.reliability.fault_support import HttpAgent
-from tests.synthetic.discs import encode_png, make_set
 
 ROI = {"role_id": "Line", "roi_id": "Face"}
 MM_PER_PX = 0.2

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.http import create as create_http
+from adapters.http.adapter import create as create_http
 from agent.parsing import parse_command
 from engine.errors import EngineError
 from engine.preprocess import decode_image, normalise, resize_to_grid

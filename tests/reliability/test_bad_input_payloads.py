@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.folders_layout import InboxFile, Refused, SidecarPending, prepare_command
+from adapters.folders.layout import InboxFile, Refused, SidecarPending, prepare_command
 from agent.bootstrap import Agent, bootstrap, build_engine
 from agent.commands import COMMANDS, Command, InferBatch, RoiCommand
 from agent.errors import STATUS_BY_KIND, AgentError

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from adapters import folders, mqtt
+from adapters.folders import adapter as folders
+from adapters.mqtt import adapter as mqtt
 from tests.adapters.mqtt_support import free_port
 from tests.adapters.test_http_support import Server, serve  # noqa: F401 (fixture)
 from tests.reliability.fault_support import (

@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
+from agent.demo.discs import decode_png, encode_png, make_set
 from engine.keys import RoiKey
 from engine.store import ModelStore, read_memory
 from tests.reliability.fault_support import (
@@ -34,7 +35,6 @@ from tests.reliability.fault_support import (
     upload,
     wait_until,
 )
-from tests.synthetic.discs import decode_png, encode_png, make_set
 
 KEY = RoiKey.of(ROI["role_id"], ROI["roi_id"])
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agent.demo.discs import encode_png, make_set
 from engine.datasets import DatasetStore
 from engine.keys import RoiKey
 from engine.store import ModelStore, read_memory
@@ -30,7 +31,6 @@ from tests.reliability.fault_support import (
     upload,
     wait_until,
 )
-from tests.synthetic.discs import encode_png, make_set
 
 A = {"role_id": "Inspection", "roi_id": "Face"}
 B = {"role_id": "Inspection", "roi_id": "Hub"}

@@ -13,9 +13,9 @@ from concurrent.futures import CancelledError
 
 import pytest
 
+from agent.demo.discs import encode_png, make_set
 from agent.parsing import parse_command
 from tests.reliability.fault_support import MM, ROI, check_data_root
-from tests.synthetic.discs import encode_png, make_set
 
 
 @pytest.mark.reliability("fault", "callers that give up while their command waits")

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from adapters.mqtt_topics import Topics
+from adapters.mqtt.topics import Topics
 from engine.errors import BadInput
 from engine.keys import RoiKey, check_id
 from tests.adapters.conftest import broker, mqtt_agent, wait_connected  # noqa: F401

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from agent.demo.discs import encode_png
 from agent.parsing import parse_command
 from engine.keys import RoiKey
 from tests.adapters.conftest import broker, mqtt_agent  # noqa: F401
@@ -27,7 +28,6 @@ from tests.reliability.isolation_support import (
     replies_to,
     still_serving,
 )
-from tests.synthetic.discs import encode_png
 
 PREFIX = "bdi/line1"
 ROI_B = {"role_id": "Inspection", "roi_id": "Inspection_2"}

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.mqtt_topics import json_payload
-from adapters.spool import REJECTED, Spool, spool_folder
+from adapters.mqtt.spool import REJECTED, Spool, spool_folder
+from adapters.mqtt.topics import json_payload
 from tests.adapters.conftest import broker, mqtt_agent  # noqa: F401
 from tests.adapters.mqtt_support import Broker, Client
 from tests.reliability.isolation_support import MM, ROI, ask, b64, fit, replies_to, still_serving

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.spool import spool_folder
+from adapters.mqtt.spool import spool_folder
 from agent.parsing import parse_command
 from tests.adapters.conftest import mqtt_agent, wait_connected  # noqa: F401
 from tests.adapters.mqtt_support import Broker, Client

@@ -27,7 +27,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from adapters.mqtt import MqttAdapter
+from adapters.mqtt.adapter import MqttAdapter
 from agent.bootstrap import Agent
 from agent.commands import COMMANDS
 from agent.errors import STATUS_BY_KIND

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-import adapters.http_routes_guard as guard
+import adapters.http.routes_guard as guard
 from tests.adapters.test_http_support import Server, serve  # noqa: F401 (fixture)
 from tests.reliability.hostile import SECURITY
 

@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
+from agent.demo.discs import encode_png, make_set
 from engine.datasets import DatasetStore
 from engine.errors import BadInput
 from engine.keys import MAX_ID_BYTES, RoiKey, from_b64_name, split_base_name
@@ -27,7 +28,6 @@ from engine.memory import Memory, MemoryInfo, new_model_version
 from engine.store import ModelStore
 from tests.adapters.test_http_support import Server, serve  # noqa: F401 (fixture)
 from tests.reliability.hostile import MM_PER_PX, SECURITY
-from tests.synthetic.discs import encode_png, make_set
 
 HOSTILE_IDS = [
     "..",

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from agent.demo.discs import encode_png
 from agent.parsing import parse_command
 from tests.adapters.conftest import mqtt_agent, wait_connected  # noqa: F401 (fixture)
 from tests.adapters.mqtt_support import Broker
@@ -39,7 +40,6 @@ from tests.reliability.tls_support import (
     raw_attempt,
     tls_broker,
 )
-from tests.synthetic.discs import encode_png
 
 
 def b64(data: bytes) -> str:

@@ -1,0 +1,399 @@
+"""MQTT adapter (contract section 5): commands in, replies, verdicts and state out.
+
+paho-mqtt 2 with MQTT v5; callbacks only validate and enqueue, the engine runs on the
+agent's worker, and everything outgoing is published by the outbox's own thread
+(``adapters.mqtt.outbox``): replies produced while the broker is away go to a disk spool
+and are published in order after reconnect.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import sys
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from adapters.mqtt.outbox import Outbox
+from adapters.mqtt.repeats import RecentReplies, Sent, repeat_key
+from adapters.mqtt.spool import Spool, spool_folder
+from adapters.mqtt.topics import (
+    Topics,
+    VerdictTracker,
+    envelope,
+    error_envelope,
+    fit_heatmaps,
+    json_payload,
+    publish_topic_problem,
+    utc_now,
+)
+from agent.bootstrap import Agent
+from agent.config import Settings
+from agent.errors import AgentError, bad_request
+from agent.parsing import parse_command, request_id_of
+from agent.replies import Reply
+from agent.request_digest import request_digest
+from engine.keys import RoiKey
+
+log = structlog.get_logger("adapters.mqtt")
+
+
+class MqttAdapter:
+    def __init__(self, settings: Settings, agent: Agent) -> None:
+        self.settings = settings
+        self.cfg = settings.mqtt
+        self.agent = agent
+        self.topics = Topics.of(
+            self.cfg.topic_prefix, settings.agent_id, self.cfg.shared_group, self.cfg.pool
+        )
+        self.spool = Spool(
+            spool_folder(settings.data_root, settings.agent_id),
+            self.cfg.spool_max_bytes,
+            legacy=settings.data_root / "spool" / "mqtt",
+        )
+        self.verdicts = VerdictTracker(self.cfg.alert_consecutive)
+        self._seq = 0
+        self._seq_lock = threading.Lock()
+        # Successful replies to recent reads, so a repeat is answered and not run again.
+        self.repeats = RecentReplies(self.cfg.repeat_cache_bytes)
+        self._stop = threading.Event()
+        self._stats_thread: threading.Thread | None = None
+        self._last_failure: str | None = None  # the last connection failure logged
+        self.client = self._make_client()
+        self.outbox = Outbox(self.client, self.spool, agent.bus, self.cfg.result_expiry_s)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"bdi-agent-{self.settings.agent_id}",
+            protocol=mqtt.MQTTv5,
+        )
+        client.will_set(self.topics.status, b"offline", qos=1, retain=True)
+        if self.cfg.username:
+            client.username_pw_set(self.cfg.username, self.cfg.password)
+        tls = self.cfg.tls
+        if tls.ca_file:
+            client.tls_set(
+                ca_certs=str(tls.ca_file),
+                certfile=str(tls.cert_file) if tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            client.tls_insecure_set(tls.insecure)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def start(self) -> None:
+        services = self.agent.services
+        services.roi_listeners.append(self._publish_state)
+        services.reply_listeners.append(self._publish_foreign)
+        services.reply_observers.append(self._observe)
+        self.agent.bus.mqtt_state = "disconnected"
+        self.agent.bus.spool_size = self.spool.size
+        self.outbox.start()
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = self.cfg.session_expiry_s
+        self.client.connect_async(
+            self.cfg.host,
+            self.cfg.port,
+            keepalive=self.cfg.keepalive_s,
+            clean_start=False,
+            properties=properties,
+        )
+        self.client.loop_start()
+        self._stats_thread = threading.Thread(
+            target=self._stats_loop, name="mqtt-stats", daemon=True
+        )
+        self._stats_thread.start()
+        log.info(
+            "mqtt adapter started",
+            host=self.cfg.host,
+            port=self.cfg.port,
+            prefix=self.topics.prefix,
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.outbox.stop(last=self._say_stopped)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.agent.bus.mqtt_state = "disabled"
+
+    def _say_stopped(self) -> None:
+        if self.client.is_connected():
+            info = self.client.publish(self.topics.status, b"stopped", qos=1, retain=True)
+            info.wait_for_publish(timeout=5)
+
+    # -- connection (paho's thread: post to the outbox or set a flag, never publish) -------
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error(
+                "mqtt connection refused",
+                reason=str(reason),
+                host=self.cfg.host,
+                port=self.cfg.port,
+                username=self.cfg.username,
+            )
+            return
+        for topic in self.topics.subscriptions():
+            client.subscribe(topic, qos=1)
+        # Retained state first, then the spool in order, then "online": a consumer that
+        # sees "online" sees a complete picture.
+        self.outbox.came_online(self._republish_states, self._announce_online)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this inside its ``except OSError``: the error is the refused socket or
+        # the TLS handshake (a CA that did not sign the broker, another host name), which
+        # would otherwise go unsaid. Logged when it changes, not at every retry.
+        error = sys.exc_info()[1]
+        reason = f"{type(error).__name__}: {error}" if error else "unknown"
+        if reason != self._last_failure:
+            self._last_failure = reason
+            log.warning(
+                "mqtt connection failed",
+                reason=reason,
+                host=self.cfg.host,
+                port=self.cfg.port,
+                tls=bool(self.cfg.tls.ca_file),
+            )
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        # paho holds its own locks here: nothing that could wait on a publish.
+        self.outbox.went_offline()
+        self.agent.bus.mqtt_state = "disconnected"
+        self.agent.bus.metrics.mqtt_connected.set(0)
+        if not self._stop.is_set():
+            log.warning("mqtt disconnected; replies go to the spool", reason=str(reason))
+
+    def _republish_states(self) -> None:
+        for key in self.agent.services.models.roi_keys():
+            self._send_state(key)
+
+    def _announce_online(self) -> None:
+        self.client.publish(self.topics.status, b"online", qos=1, retain=True)
+        self.agent.bus.mqtt_state = "connected"
+        self.agent.bus.metrics.mqtt_connected.set(1)
+        self._last_failure = None
+        log.info("mqtt connected", host=self.cfg.host, port=self.cfg.port)
+
+    # -- incoming -------------------------------------------------------------------
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # An exception out of this callback would end paho's network thread: the adapter
+        # would stay silent for good. Nothing a message holds may do that.
+        try:
+            self._handle(msg)
+        except Exception:
+            log.exception("message could not be handled", topic=msg.topic)
+
+    def _handle(self, msg: mqtt.MQTTMessage) -> None:
+        routed = self.topics.command_of(msg.topic)
+        if routed is None:
+            return
+        name, via_pool = routed
+        route = _Route(name, via_pool, msg.properties)
+        try:
+            payload = json.loads(msg.payload)
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, nested past the limit
+            self._refuse(route, None, bad_request("payload is not valid JSON"))
+            return
+        request_id = request_id_of(payload)
+        if route.response_problem is not None:
+            # Answered on the result topic instead: a reply to a topic no broker takes
+            # would be lost, and once spooled it would hold up every reply behind it.
+            message = (
+                f"ResponseTopic {ascii(route.response_topic)[:200]} is not a valid publish "
+                f"topic: {route.response_problem}"
+            )
+            self._refuse(route, request_id, bad_request(message))
+            return
+        try:
+            cmd = parse_command(
+                name,
+                payload,
+                "mqtt",
+                self.cfg.image_roots,
+                route.deadline(),
+                max_image_bytes=self.settings.max_image_bytes,
+            )
+        except AgentError as error:
+            self._refuse(route, request_id, error)
+            return
+        except Exception as exc:  # a message must never kill the adapter
+            log.exception("unexpected error parsing a message", topic=msg.topic)
+            self._refuse(route, request_id, AgentError.from_exception(exc))
+            return
+        key = None
+        if not cmd.mutating and request_id is not None:
+            key = repeat_key(cmd.name, request_id, request_digest(cmd))
+            if self._repeated(key, cmd.name, request_id):
+                return
+        future = self.agent.bus.submit(cmd)
+        future.add_done_callback(lambda done: self._reply(done.result(), route, key))
+
+    def _repeated(self, key: str, name: str, request_id: str) -> bool:
+        """A read seen before with the same inputs (a QoS 1 redelivery, or a PLC retrying
+        after its timeout) is not run again: its first reply is sent again, or, while that
+        is still being made, the repeat is dropped. Mutating commands are recognised by the
+        worker's journal instead."""
+        new, first = self.repeats.claim(key)
+        if new:
+            return False
+        log.info(
+            "repeated request", command=name, request_id=request_id, answered=first is not None
+        )
+        if first is not None:
+            self.outbox.post(lambda: self._send_again(first))
+        return True
+
+    def _send_again(self, sent: Sent) -> None:
+        self.outbox.publish(sent.topic, sent.payload, sent.correlation)
+
+    def _refuse(self, route: _Route, request_id: str | None, error: AgentError) -> None:
+        log.warning(
+            "message refused",
+            command=route.command,
+            request_id=request_id,
+            kind=error.kind,
+            error=error.message,
+        )
+
+        def send() -> None:
+            body = error_envelope(route.command, request_id, self._next_seq(), error.body())
+            topic = route.reply_topic(self.topics)
+            self.outbox.publish(topic, json_payload(body), route.correlation)
+
+        self.outbox.post(send)
+
+    # -- outgoing (each posted to the outbox, whatever thread produced it) ----------------
+
+    def _next_seq(self) -> int:
+        with self._seq_lock:
+            self._seq += 1
+            return self._seq
+
+    def _reply(self, reply: Reply, route: _Route, key: str | None) -> None:
+        self.outbox.post(lambda: self._send_reply(reply, route, key))
+
+    def _send_reply(self, reply: Reply, route: _Route, key: str | None) -> None:
+        body = envelope(reply, self._next_seq())
+        fit_heatmaps(body, self.cfg.heatmap_max_bytes)
+        topic = route.reply_topic(self.topics)
+        payload = json_payload(body)
+        published = self.outbox.publish(topic, payload, route.correlation)
+        if key is None:
+            return
+        # Only a success is the answer to a repeat: busy, or any error, runs again.
+        if published and reply.ok:
+            self.repeats.answered(key, Sent(topic, payload, route.correlation))
+        else:
+            self.repeats.forget(key)
+
+    def _publish_foreign(self, reply: Reply, extra: dict[str, Any]) -> None:
+        """Replies of folder infers and dataset refits, on this agent's result topic."""
+
+        def send() -> None:
+            body = envelope(reply, self._next_seq(), extra)
+            body.pop("heatmap_png_base64", None)  # the folder has the heatmap file
+            self.outbox.publish(self.topics.result(reply.command.name), json_payload(body))
+
+        self.outbox.post(send)
+
+    def _publish_state(self, key: RoiKey) -> None:
+        self.outbox.post(lambda: self._send_state(key))
+
+    def _send_state(self, key: RoiKey) -> None:
+        try:
+            state = self.agent.services.roi_state(key)
+        except Exception:
+            log.exception("ROI state unreadable", role_id=key.role_id, roi_id=key.roi_id)
+            return
+        topic = self.topics.roi(key.role_id, key.roi_id, "state")
+        payload = json_payload({**state, "recipe_id": key.recipe_id})
+        self.outbox.publish(topic, payload, retain=True, expiry=False)
+
+    def _observe(self, reply: Reply) -> None:
+        """Every infer verdict, whatever its source: the ``last`` and ``alert`` topics."""
+        if not reply.ok or reply.command.name not in ("infer", "infer_batch"):
+            return
+        body = reply.body or {}
+        items = body.get("results", []) if reply.command.name == "infer_batch" else [body]
+        verdicts = [item for item in items if "score" in item]
+        if verdicts:
+            self.outbox.post(lambda: self._send_verdicts(reply, verdicts))
+
+    def _send_verdicts(self, reply: Reply, items: list[dict[str, Any]]) -> None:
+        for item in items:
+            role, roi = item["role_id"], item["roi_id"]
+            ts = utc_now()
+            request_id = item.get("request_id", reply.command.request_id)
+            last = {
+                "score": item["score"],
+                "threshold": item.get("threshold"),
+                "is_anomaly": item.get("is_anomaly"),
+                "n_regions": len(item.get("regions", [])),
+                "ts": ts,
+                "seq": self._next_seq(),
+                "request_id": request_id,
+            }
+            topic = self.topics.roi(role, roi, "last")
+            self.outbox.publish(topic, json_payload(last), retain=True, expiry=False)
+            alert = self.verdicts.update(
+                (reply.command.recipe_id, role, roi), item.get("is_anomaly"), request_id, ts
+            )
+            if alert is not None:
+                self.outbox.publish(self.topics.roi(role, roi, "alert"), json_payload(alert))
+
+    def _stats_loop(self) -> None:
+        while not self._stop.wait(self.cfg.stats_interval_s):
+            if self.client.is_connected():
+                payload = json.dumps(self.agent.bus.stats_body()).encode()
+                self.client.publish(self.topics.stats, payload, qos=0, retain=True)
+
+
+class _Route:
+    """Where the reply to one request goes: v5 ResponseTopic/CorrelationData, else the
+    result topic (the pool's when the request came through the pool). A ResponseTopic
+    that cannot be published to is not used: the refusal goes to the result topic."""
+
+    def __init__(self, command: str, via_pool: bool, properties: Any) -> None:
+        self.command = command
+        self.via_pool = via_pool
+        self.response_topic: str | None = getattr(properties, "ResponseTopic", None)
+        self.correlation: bytes | None = getattr(properties, "CorrelationData", None)
+        self.expiry_s: int | None = getattr(properties, "MessageExpiryInterval", None)
+        self.received = time.monotonic()
+        # An empty ResponseTopic is read as none, as before.
+        self.response_problem = (
+            publish_topic_problem(self.response_topic) if self.response_topic else None
+        )
+
+    def reply_topic(self, topics: Topics) -> str:
+        if self.response_topic and self.response_problem is None:
+            return self.response_topic
+        return topics.result(self.command, self.via_pool)
+
+    def deadline(self) -> float | None:
+        # A request that expires at the broker is not worth answering after that either.
+        return self.received + self.expiry_s if self.expiry_s else None
+
+
+def create(settings: Settings, agent: Agent) -> MqttAdapter:
+    return MqttAdapter(settings, agent)

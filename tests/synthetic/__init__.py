@@ -1,1 +1,0 @@
-"""Synthetic brake-disc images for tests, benchmarks and the demo."""
