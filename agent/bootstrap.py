@@ -12,10 +12,13 @@ import structlog
 
 from agent.bus import Bus
 from agent.config import Settings, load_roi_defaults
+from agent.delivery import Delivery
+from agent.events import Events
 from agent.journal import Journal
 from agent.metrics import Metrics
 from agent.model_cache import ModelCache
 from agent.ops.weights import effective_weights
+from agent.recent import RecentVerdicts
 from agent.services import Services
 from agent.stats import Stats
 from agent.worker import Worker
@@ -149,6 +152,9 @@ def bootstrap(
         services.model_state = "ready"
     stats = Stats()
     metrics = Metrics()
+    delivery = Delivery()
     worker = Worker(services, stats, metrics)
-    bus = Bus(services, worker, stats, metrics)
+    events = Events(delivery, settings.events_backlog_bytes)
+    recent = RecentVerdicts(settings.recent_max, settings.recent_max_bytes)
+    bus = Bus(services, worker, stats, metrics, delivery, events, recent)
     return Agent(settings, services, bus, worker, list(adapters or []))

@@ -8,8 +8,11 @@ from typing import Any
 
 from agent import __version__
 from agent.commands import Command, Health
+from agent.delivery import Delivery
 from agent.errors import AgentError
+from agent.events import Events
 from agent.metrics import Metrics
+from agent.recent import RecentVerdicts
 from agent.replies import Reply
 from agent.services import Services
 from agent.stats import Stats
@@ -18,11 +21,23 @@ from engine.backbone.weights import MODEL_NAME
 
 
 class Bus:
-    def __init__(self, services: Services, worker: Worker, stats: Stats, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        services: Services,
+        worker: Worker,
+        stats: Stats,
+        metrics: Metrics,
+        delivery: Delivery,
+        events: Events,
+        recent: RecentVerdicts,
+    ) -> None:
         self.services = services
         self.worker = worker
         self.stats = stats
         self.metrics = metrics
+        self.delivery = delivery  # the thread that hands results and events over
+        self.events = events  # the core's events (contract section 9)
+        self.recent = recent  # the last verdicts with their pictures (GET /recent)
         self.mqtt_state = "disabled"  # the MQTT adapter keeps this current
         self.spool_size = 0  # replies waiting on disk for the broker (MQTT adapter)
         self.boot_id = uuid.uuid4().hex  # tells consumers this agent run from the last

@@ -66,7 +66,6 @@ class MqttSettings(Section):
     result_expiry_s: int = Field(300, ge=1, description="message expiry of replies")
     heatmap_max_bytes: int = Field(256 * 1024, ge=1024, description="heatmap PNG size cap")
     stats_interval_s: float = Field(30.0, gt=0, description="period of the stats topic")
-    alert_consecutive: int = Field(3, ge=1, description="anomalies in a row that alert")
     spool_max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="disk spool cap")
     repeat_cache_bytes: int = Field(
         32 * 1024 * 1024, ge=0, description="replies kept to answer repeated reads"
@@ -93,6 +92,18 @@ class HttpSettings(Section):
     cors_origins: StrList = Field(default_factory=lambda: ["*"], description="CORS origins")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="request body cap")
     enable_metrics: bool = Field(True, description="serve /metrics")
+
+
+class OpcuaSettings(Section):
+    enabled: bool = Field(False, description="serve OPC UA (contract section 10)")
+    host: str = Field("127.0.0.1", description="bind address; anonymous only on loopback")
+    port: int = Field(4840, ge=0, le=65535, description="bind port (0: any free port)")
+    username: str | None = Field(None, description="user required off loopback")
+    password: str | None = Field(None, description="that user's password")
+    cert_file: Path | None = Field(None, description="server certificate (DER or PEM)")
+    key_file: Path | None = Field(None, description="server private key (PEM)")
+    allow_insecure: bool = Field(False, description="anonymous, unencrypted off loopback")
+    image_roots: PathList = Field(default_factory=list, description="roots for Inspect paths")
 
 
 class Settings(BaseSettings):
@@ -137,9 +148,18 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, description="X-API-Key required when set")
     log_level: LogLevel = Field("INFO", description="DEBUG | INFO | WARNING | ERROR")
     rois_file: Path = Field(Path("configs/rois.yaml"), description="per-ROI defaults")
+    alert_consecutive: int = Field(3, ge=1, description="anomalies in a row that alert")
+    recent_max: int = Field(50, ge=0, description="recent verdicts kept with their images")
+    recent_max_bytes: int = Field(
+        32 * 1024 * 1024, ge=0, description="byte cap of the recent verdicts' images"
+    )
+    events_backlog_bytes: int = Field(
+        1024 * 1024, ge=0, description="events kept for Last-Event-ID resume (bytes)"
+    )
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     folders: FolderSettings = Field(default_factory=FolderSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    opcua: OpcuaSettings = Field(default_factory=OpcuaSettings)
     legacy_names_used: list[str] = Field(default_factory=list, exclude=True)
 
     @model_validator(mode="after")

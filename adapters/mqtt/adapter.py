@@ -57,7 +57,7 @@ class MqttAdapter:
             self.cfg.spool_max_bytes,
             legacy=settings.data_root / "spool" / "mqtt",
         )
-        self.verdicts = VerdictTracker(self.cfg.alert_consecutive)
+        self.verdicts = VerdictTracker(settings.alert_consecutive)
         self._seq = 0
         self._seq_lock = threading.Lock()
         # Successful replies to recent reads, so a repeat is answered and not run again.

@@ -177,7 +177,7 @@ def test_duplicate_fit_is_applied_once_and_answered_again(broker, mqtt_agent, ok
 
 
 def test_state_last_and_alert_topics(broker, mqtt_agent, ok_pngs) -> None:
-    _agent, _ = mqtt_agent(broker.port, alert_consecutive=3)
+    _agent, _ = mqtt_agent(broker.port, agent_settings={"alert_consecutive": 3})
     plc = Client(broker.port, client_id="plc-state")
     try:
         ask(plc, "fit_ok", mm_per_px=0.2, images=[b64(p) for p in ok_pngs[:3]])
