@@ -10,6 +10,7 @@ from typing import Protocol
 import numpy as np
 import structlog
 
+from agent.announcer import Announcer
 from agent.bus import Bus
 from agent.config import Settings, load_roi_defaults
 from agent.delivery import Delivery
@@ -49,7 +50,9 @@ class Agent:
     adapters: list[Adapter] = field(default_factory=list)
 
     def start(self, load_model: bool = True) -> None:
+        self.bus.delivery.start()
         self.worker.start()
+        self.bus.health_changed()  # "loading" until the model is ready
         if load_model:
             threading.Thread(target=self.load_model, name="model-loader", daemon=True).start()
         for adapter in self.adapters:
@@ -62,13 +65,16 @@ class Agent:
         except ModelUnavailable as exc:
             services.model_state, services.model_error = "error", str(exc)
             log.error("model unavailable", reason=str(exc))
+            self._model_changed()
             return
         except Exception as exc:  # a broken install must not kill the adapters
             services.model_state = "error"
             services.model_error = f"model failed to load ({type(exc).__name__}: {exc})"
             log.exception("model failed to load")
+            self._model_changed()
             return
         services.model_state = "ready"
+        self._model_changed()
         extractor = services.core.extractor
         choice = extractor.choice
         log.info(
@@ -83,10 +89,16 @@ class Agent:
             trial_s=choice.trial_s,
         )
 
+    def _model_changed(self) -> None:
+        """Serve the commands that waited for the model (or refuse them), and say so."""
+        self.worker.model_changed()
+        self.bus.health_changed()
+
     def stop(self, timeout: float | None = 60.0) -> None:
         for adapter in reversed(self.adapters):
             adapter.stop()
         self.worker.stop(timeout)
+        self.bus.delivery.stop()
         self.services.journal.close()
 
 
@@ -153,8 +165,9 @@ def bootstrap(
     stats = Stats()
     metrics = Metrics()
     delivery = Delivery()
-    worker = Worker(services, stats, metrics)
+    worker = Worker(services, stats, metrics, delivery)
     events = Events(delivery, settings.events_backlog_bytes)
     recent = RecentVerdicts(settings.recent_max, settings.recent_max_bytes)
     bus = Bus(services, worker, stats, metrics, delivery, events, recent)
+    Announcer(services, events, recent, delivery).attach()
     return Agent(settings, services, bus, worker, list(adapters or []))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from concurrent.futures import Future
 from typing import Any
@@ -38,7 +39,9 @@ class Bus:
         self.delivery = delivery  # the thread that hands results and events over
         self.events = events  # the core's events (contract section 9)
         self.recent = recent  # the last verdicts with their pictures (GET /recent)
-        self.mqtt_state = "disabled"  # the MQTT adapter keeps this current
+        self._mqtt_state = "disabled"  # the MQTT adapter keeps this current
+        self._announced: tuple[str, str | None] | None = None  # last health event's status
+        self._health_lock = threading.Lock()
         self.spool_size = 0  # replies waiting on disk for the broker (MQTT adapter)
         self.boot_id = uuid.uuid4().hex  # tells consumers this agent run from the last
 
@@ -53,6 +56,26 @@ class Bus:
             future.set_result(Reply(cmd, body=health, error=error))
             return future
         return self.worker.submit(cmd)
+
+    @property
+    def mqtt_state(self) -> str:
+        return self._mqtt_state
+
+    @mqtt_state.setter
+    def mqtt_state(self, state: str) -> None:
+        self._mqtt_state = state
+        self.health_changed()
+
+    def health_changed(self) -> None:
+        """Emit the ``health`` event when the status (or its reason) changed since the
+        last one: the model loaded or failed, the broker went away or came back."""
+        with self._health_lock:
+            health = self.health()
+            status = (health["status"], health.get("reason"))
+            if status == self._announced:
+                return
+            self._announced = status
+            self.events.emit("health", health)
 
     def execute(self, cmd: Command, timeout: float | None = None) -> Reply:
         return self.submit(cmd).result(timeout)

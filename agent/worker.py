@@ -1,9 +1,15 @@
 """The one thread that owns the engine (and the GPU).
 
-Infers are served before anything else: a fit calls ``checkpoint`` between backbone
-chunks and during the coreset loop, and the worker answers waiting infers there, so
-an infer waits at most one chunk. Infers waiting together are micro-batched through
-the backbone. The queue is bounded: when full, a command is answered ``busy`` at once.
+Infers (``infer`` and ``infer_batch``) are served before anything else: a fit calls
+``checkpoint`` between backbone chunks and during the coreset loop, and the worker answers
+waiting infers there, so an infer waits at most one chunk. Infers waiting together are
+micro-batched through the backbone. The queue is bounded: when full, a command is answered
+``busy`` at once.
+
+While the model loads, commands that need it wait in the queue (within their deadline)
+and are served once it is ready; the others (manifest, dataset listings, storing samples)
+run meanwhile. The worker only computes: every reply is handed to the delivery thread,
+which resolves the caller's future and tells the reply observers (events, adapters).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from concurrent.futures import Future, InvalidStateError
 import structlog
 
 from agent.commands import CalibrateNg, Command, FitImages, FitOk, Infer, InferBatch, Refit
+from agent.delivery import Delivery
 from agent.errors import AgentError, bad_request, busy
 from agent.handlers import HANDLERS, infer_many
 from agent.metrics import Metrics
@@ -59,13 +66,16 @@ def reused_request_id(cmd: Command) -> AgentError:
 
 
 class Worker:
-    def __init__(self, services: Services, stats: Stats, metrics: Metrics) -> None:
+    def __init__(
+        self, services: Services, stats: Stats, metrics: Metrics, delivery: Delivery
+    ) -> None:
         self.services = services
         self.stats = stats
         self.metrics = metrics
+        self.delivery = delivery
         self.capacity = services.settings.queue_size
         self.max_batch = services.settings.max_batch
-        self._infers: deque[Job] = deque()
+        self._infers: deque[Job] = deque()  # infer and infer_batch: the fast lane
         self._others: deque[Job] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -73,6 +83,7 @@ class Worker:
         self._thread: threading.Thread | None = None
         self.backbone_passes = 0  # infer batches run (tests count micro-batching)
         self.current: str | None = None  # the command in flight, for /train/status
+        self._in_batch = False  # an infer_batch is running (its checkpoints nest no deeper)
 
     @property
     def queue_size(self) -> int:
@@ -99,7 +110,7 @@ class Worker:
             self._others.clear()
             self._cond.notify_all()
         for cmd, future, _ in waiting:
-            _resolve(future, Reply(cmd, error=busy("the agent is shutting down")))
+            self._hand_over(future, Reply(cmd, error=busy("the agent is shutting down")))
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -111,55 +122,120 @@ class Worker:
             elif len(self._infers) + len(self._others) >= self.capacity:
                 reason = f"queue full ({self.capacity} commands waiting); retry later"
             else:
-                queue = self._infers if isinstance(cmd, Infer) else self._others
+                queue = self._infers if isinstance(cmd, Infer | InferBatch) else self._others
                 queue.append((cmd, future, time.perf_counter()))
                 self._cond.notify()
                 return future
-        _resolve(future, self._finish(cmd, busy(reason), 0.0))
+        # Refused on the caller's own thread, at once: no engine work was involved.
+        self._hand_over(future, self._finish(cmd, busy(reason), 0.0), at_once=True)
         return future
+
+    def model_changed(self) -> None:
+        """The model finished loading (or failed to): wake the commands waiting for it."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def _hand_over(
+        self,
+        future: Future[Reply],
+        reply: Reply,
+        unless_done: bool = False,
+        at_once: bool = False,
+    ) -> None:
+        """Resolve the caller's future and tell the observers, on the delivery thread
+        (``at_once``: resolve here, only the observers there)."""
+        if at_once:
+            _resolve(future, reply)
+
+        def deliver() -> None:
+            if unless_done and future.done():
+                return
+            if not at_once:
+                _resolve(future, reply)
+            for observe in list(self.services.reply_observers):
+                try:
+                    observe(reply)
+                except Exception:  # an observer's bug must not lose the next reply
+                    log.exception("reply observer failed", command=reply.command.name)
+
+        self.delivery.post(deliver)
 
     # -- the thread ---------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not (self._infers or self._others or self._stopping):
-                    self._cond.wait()
-                if self._stopping and not (self._infers or self._others):
-                    return
-                if self._infers:
-                    batch = [j for j in self._take_infers() if _wanted(j)]
-                    job = None
-                else:
-                    batch, job = [], self._others.popleft()
-                    job = job if _wanted(job) else None
-            jobs = batch if batch else [job] if job is not None else []
+                step = self._next_step()
+                while step is None:
+                    if self._stopping and not (self._infers or self._others):
+                        return
+                    # Nothing runnable: empty, or everything waits for the model. Wake at
+                    # least twice a second to answer those whose deadline passed.
+                    self._cond.wait(0.5 if self._infers or self._others else None)
+                    self._expire_waiting()
+                    step = self._next_step()
+            jobs = [job for job in step if _wanted(job)]
             try:
-                if batch:
-                    self._run_infers(batch)
-                elif job is not None:
-                    self._run_one(*job)
+                if len(jobs) == 1 and not isinstance(jobs[0][0], Infer):
+                    self._run_one(*jobs[0])
+                elif jobs:
+                    self._run_infers(jobs)
             except Exception as exc:  # the thread must outlive any bug: nothing else runs
                 log.exception("worker step failed")
                 for cmd, future, queued in jobs:
-                    if not future.done():
-                        _resolve(future, self._finish(cmd, AgentError.from_exception(exc), queued))
+                    error = AgentError.from_exception(exc)
+                    # Delivered after what this step already handed over: only the jobs
+                    # still unanswered get the error.
+                    self._hand_over(future, self._finish(cmd, error, queued), unless_done=True)
 
-    def _take_infers(self) -> list[Job]:
+    def _next_step(self) -> list[Job] | None:
+        """The jobs to run next (under the lock): infers first, micro-batched, or one
+        ``infer_batch``; else the oldest other command. While the model loads, only the
+        commands that do not need it; None when nothing may run now."""
+        loading = self.services.model_state == "loading"
+        if self._infers and not loading:
+            return self._take_fast(allow_batch=True)
+        for i, job in enumerate(self._others):
+            if not (loading and _needs_model(job[0])):
+                del self._others[i]
+                return [job]
+        return None
+
+    def _expire_waiting(self) -> None:
+        """Answer busy the waiting commands whose deadline passed (under the lock)."""
+        now = time.monotonic()
+        for queue in (self._infers, self._others):
+            for job in [j for j in queue if j[0].deadline is not None and now > j[0].deadline]:
+                queue.remove(job)
+                error = busy("the command's deadline passed while it waited in the queue")
+                self._hand_over(job[1], self._finish(job[0], error, job[2]))
+
+    def _take_fast(self, allow_batch: bool) -> list[Job]:
+        """Up to ``max_batch`` single infers from the head of the fast lane, or one
+        ``infer_batch`` when it is at the head (and ``allow_batch``)."""
         batch: list[Job] = []
         while self._infers and len(batch) < self.max_batch:
+            if isinstance(self._infers[0][0], InferBatch):
+                if not batch and allow_batch:
+                    batch.append(self._infers.popleft())
+                break
             batch.append(self._infers.popleft())
         return batch
 
     def _serve_waiting_infers(self) -> None:
-        """The fit's checkpoint: answer every infer that arrived meanwhile."""
+        """A long command's checkpoint: answer the infers that arrived meanwhile. A fit
+        serves waiting ``infer_batch`` commands too; an ``infer_batch`` (already at a
+        checkpoint) serves only single infers, so checkpoints never nest deeper."""
+        allow_batch = not self._in_batch
         while True:
             with self._cond:
-                taken = self._take_infers()
+                taken = self._take_fast(allow_batch)
+            batch = [job for job in taken if _wanted(job)]
             if not taken:
                 return
-            batch = [job for job in taken if _wanted(job)]
-            if batch:
+            if len(batch) == 1 and isinstance(batch[0][0], InferBatch):
+                self._run_one(*batch[0])
+            elif batch:
                 self._run_infers(batch)
 
     def _refusal(self, cmd: Command) -> AgentError | None:
@@ -176,7 +252,7 @@ class Worker:
         for cmd, future, queued in batch:
             refusal = self._refusal(cmd)
             if refusal is not None:
-                _resolve(future, self._finish(cmd, refusal, queued))
+                self._hand_over(future, self._finish(cmd, refusal, queued))
             else:
                 runnable.append((cmd, future, queued))
         if not runnable:
@@ -188,15 +264,16 @@ class Worker:
             log.exception("infer batch failed")
             results = [AgentError.from_exception(exc)] * len(runnable)
         for (cmd, future, queued), result in zip(runnable, results, strict=True):
-            _resolve(future, self._finish(cmd, result, queued))
+            self._hand_over(future, self._finish(cmd, result, queued))
 
     def _run_one(self, cmd: Command, future: Future[Reply], queued: float) -> None:
         refusal = self._refusal(cmd)
         if refusal is not None:
-            _resolve(future, self._finish(cmd, refusal, queued))
+            self._hand_over(future, self._finish(cmd, refusal, queued))
             return
         journal = self.services.journal
-        self.current = cmd.name
+        outer, self.current = self.current, cmd.name
+        outer_batch, self._in_batch = self._in_batch, self._in_batch or isinstance(cmd, InferBatch)
         digest = request_digest(cmd) if cmd.mutating else ""
         try:
             if cmd.mutating:
@@ -204,17 +281,17 @@ class Worker:
                 if first is not None:
                     if not first.same_request(digest):
                         raise reused_request_id(cmd)
-                    _resolve(future, self._finish(cmd, first.body, queued, replayed=True))
+                    self._hand_over(future, self._finish(cmd, first.body, queued, replayed=True))
                     return
             body = HANDLERS[type(cmd)](cmd, self.services, self._serve_waiting_infers)
         except Exception as exc:
             error = AgentError.from_exception(exc)
             if error.kind == "internal":
                 log.exception("command failed", command=cmd.name, request_id=cmd.request_id)
-            _resolve(future, self._finish(cmd, error, queued))
+            self._hand_over(future, self._finish(cmd, error, queued))
             return
         finally:
-            self.current = None
+            self.current, self._in_batch = outer, outer_batch
         if cmd.mutating:
             try:
                 journal.put(cmd.name, cmd.request_id, body, digest)
@@ -222,7 +299,7 @@ class Worker:
                 # Applied and on disk: the reply stays a success. A repeat of this request
                 # id is then applied again; stored samples are reused, not stored twice.
                 log.exception("journal write failed", command=cmd.name, request_id=cmd.request_id)
-        _resolve(future, self._finish(cmd, body, queued))
+        self._hand_over(future, self._finish(cmd, body, queued))
 
     def _finish(
         self,
@@ -237,11 +314,6 @@ class Worker:
         else:
             reply = Reply(cmd, body=outcome, elapsed_ms=elapsed, replayed=replayed)
         self._log(reply)
-        for observe in list(self.services.reply_observers):
-            try:
-                observe(reply)
-            except Exception:  # an observer's bug must not lose the reply
-                log.exception("reply observer failed", command=cmd.name)
         return reply
 
     def _count(self, reply: Reply, outcome: str) -> None:

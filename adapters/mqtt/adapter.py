@@ -13,6 +13,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -25,17 +26,16 @@ from adapters.mqtt.repeats import RecentReplies, Sent, repeat_key
 from adapters.mqtt.spool import Spool, spool_folder
 from adapters.mqtt.topics import (
     Topics,
-    VerdictTracker,
     envelope,
     error_envelope,
     fit_heatmaps,
     json_payload,
     publish_topic_problem,
-    utc_now,
 )
 from agent.bootstrap import Agent
 from agent.config import Settings
 from agent.errors import AgentError, bad_request
+from agent.events import Event, agent_status
 from agent.parsing import parse_command, request_id_of
 from agent.replies import Reply
 from agent.request_digest import request_digest
@@ -57,7 +57,6 @@ class MqttAdapter:
             self.cfg.spool_max_bytes,
             legacy=settings.data_root / "spool" / "mqtt",
         )
-        self.verdicts = VerdictTracker(settings.alert_consecutive)
         self._seq = 0
         self._seq_lock = threading.Lock()
         # Successful replies to recent reads, so a repeat is answered and not run again.
@@ -97,9 +96,8 @@ class MqttAdapter:
 
     def start(self) -> None:
         services = self.agent.services
-        services.roi_listeners.append(self._publish_state)
         services.reply_listeners.append(self._publish_foreign)
-        services.reply_observers.append(self._observe)
+        self._unsubscribe = self.agent.bus.events.subscribe(self._on_event)
         self.agent.bus.mqtt_state = "disconnected"
         self.agent.bus.spool_size = self.spool.size
         self.outbox.start()
@@ -126,6 +124,7 @@ class MqttAdapter:
 
     def stop(self) -> None:
         self._stop.set()
+        self._unsubscribe()
         self.outbox.stop(last=self._say_stopped)
         self.client.disconnect()
         self.client.loop_stop()
@@ -152,8 +151,9 @@ class MqttAdapter:
             return
         for topic in self.topics.subscriptions():
             client.subscribe(topic, qos=1)
-        # Retained state first, then the spool in order, then "online": a consumer that
-        # sees "online" sees a complete picture.
+        # Retained states and health first, then the spool in order, then the status
+        # ("online" once inspections can be served): a consumer that sees "online" sees a
+        # complete picture.
         self.outbox.came_online(self._republish_states, self._announce_online)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
@@ -187,8 +187,8 @@ class MqttAdapter:
             self._send_state(key)
 
     def _announce_online(self) -> None:
-        self.client.publish(self.topics.status, b"online", qos=1, retain=True)
         self.agent.bus.mqtt_state = "connected"
+        self._send_health(self.agent.bus.health())
         self.agent.bus.metrics.mqtt_connected.set(1)
         self._last_failure = None
         log.info("mqtt connected", host=self.cfg.host, port=self.cfg.port)
@@ -316,8 +316,25 @@ class MqttAdapter:
 
         self.outbox.post(send)
 
-    def _publish_state(self, key: RoiKey) -> None:
-        self.outbox.post(lambda: self._send_state(key))
+    def _on_event(self, event: Event) -> None:
+        """The core's events (on the delivery thread), mapped to this adapter's topics."""
+        self.outbox.post(lambda: self._send_event(event))
+
+    def _send_event(self, event: Event) -> None:
+        body = event.body
+        if event.name == "health":
+            self._send_health(body)
+            return
+        topic = self.topics.roi(body["role_id"], body["roi_id"], TOPIC_OF_EVENT[event.name])
+        retained = event.name != "alert"
+        self.outbox.publish(topic, event.data.encode(), retain=retained, expiry=not retained)
+
+    def _send_health(self, health: Mapping[str, Any]) -> None:
+        """The retained ``health`` body, then the status it means."""
+        health_topic = f"{self.topics.prefix}/health"
+        self.outbox.publish(health_topic, json_payload(dict(health)), retain=True, expiry=False)
+        status = agent_status(health).encode()
+        self.outbox.publish(self.topics.status, status, retain=True, expiry=False)
 
     def _send_state(self, key: RoiKey) -> None:
         try:
@@ -326,46 +343,18 @@ class MqttAdapter:
             log.exception("ROI state unreadable", role_id=key.role_id, roi_id=key.roi_id)
             return
         topic = self.topics.roi(key.role_id, key.roi_id, "state")
-        payload = json_payload({**state, "recipe_id": key.recipe_id})
-        self.outbox.publish(topic, payload, retain=True, expiry=False)
-
-    def _observe(self, reply: Reply) -> None:
-        """Every infer verdict, whatever its source: the ``last`` and ``alert`` topics."""
-        if not reply.ok or reply.command.name not in ("infer", "infer_batch"):
-            return
-        body = reply.body or {}
-        items = body.get("results", []) if reply.command.name == "infer_batch" else [body]
-        verdicts = [item for item in items if "score" in item]
-        if verdicts:
-            self.outbox.post(lambda: self._send_verdicts(reply, verdicts))
-
-    def _send_verdicts(self, reply: Reply, items: list[dict[str, Any]]) -> None:
-        for item in items:
-            role, roi = item["role_id"], item["roi_id"]
-            ts = utc_now()
-            request_id = item.get("request_id", reply.command.request_id)
-            last = {
-                "score": item["score"],
-                "threshold": item.get("threshold"),
-                "is_anomaly": item.get("is_anomaly"),
-                "n_regions": len(item.get("regions", [])),
-                "ts": ts,
-                "seq": self._next_seq(),
-                "request_id": request_id,
-            }
-            topic = self.topics.roi(role, roi, "last")
-            self.outbox.publish(topic, json_payload(last), retain=True, expiry=False)
-            alert = self.verdicts.update(
-                (reply.command.recipe_id, role, roi), item.get("is_anomaly"), request_id, ts
-            )
-            if alert is not None:
-                self.outbox.publish(self.topics.roi(role, roi, "alert"), json_payload(alert))
+        ids = {"recipe_id": key.recipe_id, "role_id": key.role_id, "roi_id": key.roi_id}
+        self.outbox.publish(topic, json_payload({**state, **ids}), retain=True, expiry=False)
 
     def _stats_loop(self) -> None:
         while not self._stop.wait(self.cfg.stats_interval_s):
             if self.client.is_connected():
                 payload = json.dumps(self.agent.bus.stats_body()).encode()
                 self.client.publish(self.topics.stats, payload, qos=0, retain=True)
+
+
+# The ROI topic leaf each ROI event goes to (contract section 5).
+TOPIC_OF_EVENT = {"verdict": "last", "alert": "alert", "state": "state"}
 
 
 class _Route:
