@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -307,19 +308,24 @@ def test_428_when_a_decision_is_required_uncalibrated(fitted: Server, ok_pngs) -
     assert_error(response, 428, "not_calibrated")
 
 
-def test_503_until_the_model_is_loaded(server: Server, ok_pngs) -> None:
-    services = server.agent.services
+def test_503_until_the_model_is_loaded_and_commands_wait_for_it(fitted: Server, ok_pngs) -> None:
+    services = fitted.agent.services
     services.model_state = "loading"
     try:
-        health = server.client.get("/health")
+        health = fitted.client.get("/health")
         body = assert_error(health, 503, "busy")
         assert body["status"] == "loading" and "loading" in body["reason"]
         assert body["device"] and body["version"]  # still the health body
-        refused = server.client.post("/infer", data=FORM, files=image(ok_pngs[0]))
-        assert_error(refused, 503, "busy")
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(fitted.client.post, "/infer", data=FORM, files=image(ok_pngs[0]))
+            time.sleep(1.0)
+            assert not waiting.done()  # queued, not refused
+            services.model_state = "ready"
+            fitted.agent.worker.model_changed()
+            assert waiting.result(30).status_code == 200
     finally:
         services.model_state = "ready"
-    assert server.client.get("/health").status_code == 200
+    assert fitted.client.get("/health").status_code == 200
 
 
 def test_500_keeps_the_trace_in_the_log(server: Server, monkeypatch) -> None:
