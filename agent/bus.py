@@ -109,6 +109,17 @@ class Bus:
             body["reason"] = "MQTT broker unreachable; replies are spooled to disk"
         return body
 
+    def training(self) -> dict[str, Any]:
+        """Seed 001's training status, for every adapter: a fit, refit or calibration
+        running now or waiting in the queue (a folder's debounced refit included)."""
+        current, queued = self.worker.training()
+        return {
+            "status": "running" if current or queued else "idle",
+            "running": current,
+            "queued": queued,
+            "last_train_ts": self.services.last_fit_ts,
+        }
+
     def stats_body(self) -> dict[str, Any]:
         return {
             **self.stats.snapshot(),

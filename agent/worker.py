@@ -35,6 +35,9 @@ from agent.stats import Stats
 log = structlog.get_logger("agent.worker")
 
 Job = tuple[Command, "Future[Reply]", float]
+# Commands that build a memory or a calibration: what "training" means to the GUI.
+TRAINING = (FitOk, Refit, FitImages, CalibrateNg)
+TRAINING_NAMES = frozenset(cls.name for cls in TRAINING)
 
 
 def _resolve(future: Future[Reply], reply: Reply) -> None:
@@ -129,6 +132,13 @@ class Worker:
         # Refused on the caller's own thread, at once: no engine work was involved.
         self._hand_over(future, self._finish(cmd, busy(reason), 0.0), at_once=True)
         return future
+
+    def training(self) -> tuple[str | None, int]:
+        """The training command running now (if any) and how many wait in the queue."""
+        with self._cond:
+            queued = sum(isinstance(job[0], TRAINING) for job in self._others)
+        current = self.current if self.current in TRAINING_NAMES else None
+        return current, queued
 
     def model_changed(self) -> None:
         """The model finished loading (or failed to): wake the commands waiting for it."""
