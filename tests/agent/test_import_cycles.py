@@ -101,3 +101,20 @@ def test_no_module_imports_itself_back() -> None:
     graph = import_graph()
     assert len(graph) > 50  # the walk found the packages
     assert cycles(graph) == []
+
+
+def test_the_layers_import_downwards_only() -> None:
+    """The engine knows nothing of the agent, the core nothing of the adapters, and an
+    adapter nothing of another adapter: each adapter only translates to the core."""
+    wrong = []
+    for module, imports in import_graph().items():
+        layer = module.split(".")[:2]
+        for target in imports:
+            if module.startswith("engine") and not target.startswith("engine"):
+                wrong.append((module, target))
+            elif module.startswith("agent") and target.startswith("adapters"):
+                wrong.append((module, target))
+            elif target.startswith("adapters.") and layer[0] == "adapters":
+                if target.split(".")[:2] != layer:
+                    wrong.append((module, target))
+    assert wrong == []
