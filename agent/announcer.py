@@ -8,7 +8,6 @@ change becomes the ROI's ``state``. The ``health`` event is the bus's (``health_
 
 from __future__ import annotations
 
-import base64
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +19,7 @@ from agent.delivery import Delivery
 from agent.events import Events
 from agent.recent import RecentVerdict, RecentVerdicts, thumbnail_png
 from agent.replies import Reply
+from agent.results import InferBatchResult, InferResult
 from agent.services import Services
 from engine.errors import EngineError
 from engine.keys import RoiKey
@@ -72,44 +72,42 @@ class Announcer:
     # -- verdicts ----------------------------------------------------------------------
 
     def reply(self, reply: Reply) -> None:
-        cmd = reply.command
+        cmd, result = reply.command, reply.result
         if not reply.ok:
             return
-        body = reply.body or {}
-        if isinstance(cmd, Infer):
-            self._verdict(cmd, body)
-        elif isinstance(cmd, InferBatch):
-            for item, result in zip(cmd.items, body.get("results", []), strict=False):
-                if result.get("ok"):
-                    self._verdict(item, result)
+        if isinstance(cmd, Infer) and isinstance(result, InferResult):
+            self._verdict(cmd, cmd.request_id, result)
+        elif isinstance(cmd, InferBatch) and isinstance(result, InferBatchResult):
+            for item, outcome in zip(cmd.items, result.items, strict=True):
+                if outcome.result is not None:
+                    self._verdict(item, outcome.request_id, outcome.result)
         elif cmd.name in DATASET_CHANGES and isinstance(cmd, RoiCommand):
             self._emit_state(RoiKey.of(cmd.role_id, cmd.roi_id, cmd.recipe_id, cmd.model_key))
 
-    def _verdict(self, cmd: Infer, result: dict[str, Any]) -> None:
+    def _verdict(self, cmd: Infer, request_id: str, result: InferResult) -> None:
         ts = utc_now()
-        regions = result.get("regions") or []
         verdict = {
             "recipe_id": cmd.recipe_id,
             "role_id": cmd.role_id,
             "roi_id": cmd.roi_id,
-            "score": result.get("score"),
-            "threshold": result.get("threshold"),
-            "is_anomaly": result.get("is_anomaly"),
-            "n_regions": len(regions),
-            "max_area_mm2": max((r.get("area_mm2", 0.0) for r in regions), default=None),
-            "request_id": result.get("request_id", cmd.request_id),
+            "score": result.score,
+            "threshold": result.threshold,
+            "is_anomaly": result.is_anomaly,
+            "n_regions": len(result.regions),
+            "max_area_mm2": result.max_area_mm2,
+            "request_id": request_id,
             "source": cmd.source,
             "ts": ts,
-            "model_version": result.get("model_version"),
+            "model_version": result.model_version,
         }
         event = self.events.emit("verdict", verdict)
         self._keep_pictures(event.seq, event.body, cmd, result)
         roi = (cmd.recipe_id, cmd.role_id, cmd.roi_id)
-        alert = self.alerts.update(roi, verdict["is_anomaly"], str(verdict["request_id"]), ts)
+        alert = self.alerts.update(roi, result.is_anomaly, request_id, ts)
         if alert is not None:
             self.events.emit("alert", alert)
 
-    def _keep_pictures(self, seq: int, verdict: Any, cmd: Infer, result: dict[str, Any]) -> None:
+    def _keep_pictures(self, seq: int, verdict: Any, cmd: Infer, result: InferResult) -> None:
         if self.recent.max_items == 0:
             return
         try:
@@ -117,6 +115,4 @@ class Announcer:
         except (EngineError, ValueError):  # it decoded for the infer; never fail an event
             log.warning("recent verdict image unavailable", seq=seq)
             return
-        encoded = result.get("heatmap_png_base64")
-        heatmap = base64.b64decode(encoded) if isinstance(encoded, str) else None
-        self.recent.add(RecentVerdict(seq, verdict, image, heatmap))
+        self.recent.add(RecentVerdict(seq, verdict, image, result.heatmap_png))

@@ -15,6 +15,7 @@ from agent.events import Events
 from agent.metrics import Metrics
 from agent.recent import RecentVerdicts
 from agent.replies import Reply
+from agent.results import JsonResult
 from agent.services import Services
 from agent.stats import Stats
 from agent.worker import Worker
@@ -53,7 +54,7 @@ class Bus:
             error = None
             if health["status"] in ("loading", "error"):
                 error = AgentError("busy", health.get("reason", "the model is not loaded"))
-            future.set_result(Reply(cmd, body=health, error=error))
+            future.set_result(Reply(cmd, result=JsonResult(values=health), error=error))
             return future
         return self.worker.submit(cmd)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import time
 from collections.abc import Callable
@@ -24,6 +23,19 @@ from agent.commands import (
     RoiCommand,
 )
 from agent.errors import AgentError
+from agent.results import (
+    AddNgResult,
+    BatchItem,
+    CalibrationResult,
+    DatasetClearResult,
+    DatasetDeleteResult,
+    DatasetListResult,
+    FitResult,
+    InferBatchResult,
+    InferResult,
+    JsonResult,
+    Result,
+)
 from agent.services import Services
 from engine.calibration import choose_threshold
 from engine.datasets import StoredSample
@@ -108,7 +120,7 @@ def _all_or_nothing(services: Services, run: Callable[[list[StoredSample]], Body
         raise
 
 
-def fit_ok(cmd: FitOk, services: Services, checkpoint: Checkpoint) -> Body:
+def fit_ok(cmd: FitOk, services: Services, checkpoint: Checkpoint) -> FitResult:
     start = time.perf_counter()
     key = roi_key(cmd)
     check_scale(services.datasets.scale(key, "ok"), cmd.mm_per_px, "OK dataset")
@@ -126,7 +138,7 @@ def fit_ok(cmd: FitOk, services: Services, checkpoint: Checkpoint) -> Body:
 
     body = _all_or_nothing(services, run)
     body["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 1)
-    return body
+    return FitResult(**body)
 
 
 def refit(
@@ -178,12 +190,12 @@ def _fit_memory(
     }
 
 
-def refit_roi(cmd: Refit, services: Services, checkpoint: Checkpoint) -> Body:
+def refit_roi(cmd: Refit, services: Services, checkpoint: Checkpoint) -> FitResult:
     start = time.perf_counter()
     body: Body = {"ok_added": 0, "samples": [], "memory_fit": True}
     body.update(refit(services, roi_key(cmd), cmd.mm_per_px, cmd.shape, checkpoint))
     body["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 1)
-    return body
+    return FitResult(**body)
 
 
 def _bytes_samples(
@@ -207,16 +219,16 @@ def _bytes_samples(
     return samples
 
 
-def fit_images(cmd: FitImages, services: Services, checkpoint: Checkpoint) -> Body:
+def fit_images(cmd: FitImages, services: Services, checkpoint: Checkpoint) -> FitResult:
     start = time.perf_counter()
     samples = _bytes_samples(services, cmd.images, cmd.names, "images")
     body: Body = {"ok_added": 0, "samples": [], "memory_fit": True}
     body.update(_fit_memory(services, roi_key(cmd), samples, cmd.mm_per_px, cmd.shape, checkpoint))
     body["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 1)
-    return body
+    return FitResult(**body)
 
 
-def add_ng(cmd: AddNg, services: Services, checkpoint: Checkpoint) -> Body:
+def add_ng(cmd: AddNg, services: Services, checkpoint: Checkpoint) -> AddNgResult:
     key = roi_key(cmd)
     try:
         memory = services.cache.get(key)
@@ -229,10 +241,10 @@ def add_ng(cmd: AddNg, services: Services, checkpoint: Checkpoint) -> Body:
         stored = _store_images(services, cmd, key, "ng", checkpoint, added)
         return {"ng_added": len(stored), "samples": [s.to_dict() for s in stored]}
 
-    return _all_or_nothing(services, run)
+    return AddNgResult(**_all_or_nothing(services, run))
 
 
-def calibrate_ng(cmd: CalibrateNg, services: Services, checkpoint: Checkpoint) -> Body:
+def calibrate_ng(cmd: CalibrateNg, services: Services, checkpoint: Checkpoint) -> CalibrationResult:
     key = roi_key(cmd)
     memory = _require_memory(services, key)
     settings = services.settings
@@ -266,7 +278,7 @@ def calibrate_ng(cmd: CalibrateNg, services: Services, checkpoint: Checkpoint) -
     percentile = cmd.score_percentile or settings.score_percentile
     choice = choose_threshold(ok_scores, ng_scores, percentile)
     area = cmd.area_mm2_thr if cmd.area_mm2_thr is not None else settings.area_mm2_thr
-    calibration = {
+    calibration: Body = {
         "threshold": choice.threshold,
         "ok_mean": choice.ok_mean,
         "ng_mean": choice.ng_mean,
@@ -283,12 +295,12 @@ def calibrate_ng(cmd: CalibrateNg, services: Services, checkpoint: Checkpoint) -
     }
     services.models.save_calibration(key, calibration)
     services.roi_changed(key)
-    return {k: v for k, v in calibration.items() if k != "created_at"}
+    return CalibrationResult(**{k: v for k, v in calibration.items() if k != "created_at"})
 
 
 def infer_many(
     cmds: list[Infer], services: Services, between: Checkpoint | None = None
-) -> list[Body | AgentError]:
+) -> list[InferResult | AgentError]:
     """Several infers (one part's ROIs, or micro-batched callers) in one backbone pass.
 
     ``between`` runs after each image is decoded and after each is judged (an
@@ -318,7 +330,7 @@ def infer_many(
     ready = [p for p in prepared if not isinstance(p, AgentError)]
     embedded = iter(services.core.embed([image for *_, image in ready]) if ready else [])
     shared_ms = (time.perf_counter() - start - paused) * 1000
-    out: list[Body | AgentError] = []
+    out: list[InferResult | AgentError] = []
     for item in prepared:
         if isinstance(item, AgentError):
             out.append(item)
@@ -333,7 +345,7 @@ def infer_many(
 
 def _judge_one(
     services: Services, cmd: Infer, key: RoiKey, memory: Memory, embedded: Any, shared_ms: float
-) -> Body:
+) -> InferResult:
     start = time.perf_counter()
     calibration = services.models.load_calibration(key)
     if cmd.require_calibration and calibration is None:
@@ -352,24 +364,22 @@ def _judge_one(
         services.settings.area_mm2_thr,
         heatmap=cmd.heatmap,
     )
-    body: Body = {
-        "role_id": cmd.role_id,
-        "roi_id": cmd.roi_id,
-        "score": verdict.score,
-        "threshold": verdict.threshold,
-        "is_anomaly": verdict.is_anomaly,
-        "token_shape": list(verdict.token_shape),
-        "regions": [region.to_dict() for region in verdict.regions],
-        "model_version": memory.info.model_version,
-        "runtime": services.core.extractor.runtime_id,
-    }
-    if verdict.heatmap_png is not None:
-        body["heatmap_png_base64"] = base64.b64encode(verdict.heatmap_png).decode("ascii")
-    body["inference_ms"] = round(shared_ms + (time.perf_counter() - start) * 1000, 2)
-    return body
+    return InferResult(
+        role_id=cmd.role_id,
+        roi_id=cmd.roi_id,
+        score=verdict.score,
+        threshold=verdict.threshold,
+        is_anomaly=verdict.is_anomaly,
+        token_shape=verdict.token_shape,
+        regions=tuple(region.to_dict() for region in verdict.regions),
+        model_version=memory.info.model_version,
+        runtime=services.core.extractor.runtime_id,
+        inference_ms=round(shared_ms + (time.perf_counter() - start) * 1000, 2),
+        heatmap_png=verdict.heatmap_png,
+    )
 
 
-def infer_batch(cmd: InferBatch, services: Services, checkpoint: Checkpoint) -> Body:
+def infer_batch(cmd: InferBatch, services: Services, checkpoint: Checkpoint) -> InferBatchResult:
     """The items in chunks of at most ``max_batch`` images and about one image's worth of
     pixels, each chunk one backbone pass; the infers that wait are served between items
     (after each decode and each verdict): a big batch neither holds every decoded image at
@@ -379,16 +389,16 @@ def infer_batch(cmd: InferBatch, services: Services, checkpoint: Checkpoint) -> 
     check_batch_size(
         len(cmd.items), sum(pixels), settings.max_batch_items, settings.max_batch_pixels
     )
-    results: list[Body | AgentError] = []
+    results: list[InferResult | AgentError] = []
     for first, last in _chunks(pixels, settings.max_batch, settings.max_image_pixels):
         results += infer_many(list(cmd.items[first:last]), services, between=checkpoint)
     items = []
     for item, result in zip(cmd.items, results, strict=True):
         if isinstance(result, AgentError):
-            items.append({"ok": False, "request_id": item.request_id, "error": result.body()})
+            items.append(BatchItem(request_id=item.request_id, error=result))
         else:
-            items.append({"ok": True, "request_id": item.request_id, **result})
-    return {"results": items}
+            items.append(BatchItem(request_id=item.request_id, result=result))
+    return InferBatchResult(items=tuple(items))
 
 
 def check_batch_size(items: int, pixels: int, max_items: int, max_pixels: int) -> None:
@@ -430,7 +440,7 @@ def _chunks(pixels: list[int], max_items: int, max_pixels: int) -> list[tuple[in
     return out
 
 
-def manifest(cmd: Manifest, services: Services, checkpoint: Checkpoint) -> Body:
+def manifest(cmd: Manifest, services: Services, checkpoint: Checkpoint) -> JsonResult:
     body = roi_manifest(services.models, services.datasets, roi_key(cmd))
     if services.model_state == "ready":
         # The memory may have been built by another runtime; every runtime that serves
@@ -438,10 +448,10 @@ def manifest(cmd: Manifest, services: Services, checkpoint: Checkpoint) -> Body:
         choice = services.core.extractor.choice
         body["serving_runtime"] = services.core.extractor.runtime_id
         body["serving_runtime_reason"] = choice.reason
-    return body
+    return JsonResult(values=body)
 
 
-def dataset_list(cmd: DatasetList, services: Services, checkpoint: Checkpoint) -> Body:
+def dataset_list(cmd: DatasetList, services: Services, checkpoint: Checkpoint) -> DatasetListResult:
     key = roi_key(cmd)
     labels = [cmd.label] if cmd.label else ["ok", "ng"]
     out: Body = {}
@@ -453,26 +463,31 @@ def dataset_list(cmd: DatasetList, services: Services, checkpoint: Checkpoint) -
                 {"file": s.image.name, "mm_per_px": s.mm_per_px, "meta": s.meta} for s in samples
             ],
         }
-    return out
+    return DatasetListResult(datasets=out)
 
 
-def dataset_delete(cmd: DatasetDelete, services: Services, checkpoint: Checkpoint) -> Body:
+def dataset_delete(
+    cmd: DatasetDelete, services: Services, checkpoint: Checkpoint
+) -> DatasetDeleteResult:
     deleted = services.datasets.delete(roi_key(cmd), cmd.label, cmd.file)
-    return {"deleted": deleted, "label": cmd.label, "file": cmd.file}
+    return DatasetDeleteResult(deleted=deleted, label=cmd.label, file=cmd.file)
 
 
-def dataset_clear(cmd: DatasetClear, services: Services, checkpoint: Checkpoint) -> Body:
-    return {"deleted": services.datasets.clear(roi_key(cmd), cmd.label), "label": cmd.label}
+def dataset_clear(
+    cmd: DatasetClear, services: Services, checkpoint: Checkpoint
+) -> DatasetClearResult:
+    deleted = services.datasets.clear(roi_key(cmd), cmd.label)
+    return DatasetClearResult(deleted=deleted, label=cmd.label)
 
 
-def single_infer(cmd: Infer, services: Services, checkpoint: Checkpoint) -> Body:
+def single_infer(cmd: Infer, services: Services, checkpoint: Checkpoint) -> InferResult:
     (result,) = infer_many([cmd], services)
     if isinstance(result, AgentError):
         raise result
     return result
 
 
-Handler = Callable[[Any, Services, Checkpoint], Body]
+Handler = Callable[[Any, Services, Checkpoint], Result]
 
 HANDLERS: dict[type[Command], Handler] = {
     FitOk: fit_ok,
@@ -486,4 +501,15 @@ HANDLERS: dict[type[Command], Handler] = {
     DatasetList: dataset_list,
     DatasetDelete: dataset_delete,
     DatasetClear: dataset_clear,
+}
+
+# What a mutating command's journaled ``fields()`` are read back as, on a repeat.
+RESULTS: dict[type[Command], type[Result]] = {
+    FitOk: FitResult,
+    AddNg: AddNgResult,
+    Refit: FitResult,
+    FitImages: FitResult,
+    CalibrateNg: CalibrationResult,
+    DatasetDelete: DatasetDeleteResult,
+    DatasetClear: DatasetClearResult,
 }

@@ -25,10 +25,11 @@ import structlog
 from agent.commands import CalibrateNg, Command, FitImages, FitOk, Infer, InferBatch, Refit
 from agent.delivery import Delivery
 from agent.errors import AgentError, bad_request, busy
-from agent.handlers import HANDLERS, infer_many
+from agent.handlers import HANDLERS, RESULTS, infer_many
 from agent.metrics import Metrics
 from agent.replies import Reply
 from agent.request_digest import request_digest
+from agent.results import FitResult, InferResult, Result, verdicts_of
 from agent.services import Services
 from agent.stats import Stats
 
@@ -291,9 +292,10 @@ class Worker:
                 if first is not None:
                     if not first.same_request(digest):
                         raise reused_request_id(cmd)
-                    self._hand_over(future, self._finish(cmd, first.body, queued, replayed=True))
+                    replayed = RESULTS[type(cmd)].from_fields(first.body)
+                    self._hand_over(future, self._finish(cmd, replayed, queued, replayed=True))
                     return
-            body = HANDLERS[type(cmd)](cmd, self.services, self._serve_waiting_infers)
+            result = HANDLERS[type(cmd)](cmd, self.services, self._serve_waiting_infers)
         except Exception as exc:
             error = AgentError.from_exception(exc)
             if error.kind == "internal":
@@ -304,17 +306,17 @@ class Worker:
             self.current, self._in_batch = outer, outer_batch
         if cmd.mutating:
             try:
-                journal.put(cmd.name, cmd.request_id, body, digest)
+                journal.put(cmd.name, cmd.request_id, result.fields(), digest)
             except Exception:
                 # Applied and on disk: the reply stays a success. A repeat of this request
                 # id is then applied again; stored samples are reused, not stored twice.
                 log.exception("journal write failed", command=cmd.name, request_id=cmd.request_id)
-        self._hand_over(future, self._finish(cmd, body, queued))
+        self._hand_over(future, self._finish(cmd, result, queued))
 
     def _finish(
         self,
         cmd: Command,
-        outcome: dict | AgentError,
+        outcome: Result | AgentError,
         queued: float,
         replayed: bool = False,
     ) -> Reply:
@@ -322,7 +324,7 @@ class Worker:
         if isinstance(outcome, AgentError):
             reply = Reply(cmd, error=outcome, elapsed_ms=elapsed)
         else:
-            reply = Reply(cmd, body=outcome, elapsed_ms=elapsed, replayed=replayed)
+            reply = Reply(cmd, result=outcome, elapsed_ms=elapsed, replayed=replayed)
         self._log(reply)
         return reply
 
@@ -336,13 +338,9 @@ class Worker:
             metrics.infer_ms.observe(reply.elapsed_ms)
         elif cmd.name in ("fit_ok", "refit", "fit_images"):
             metrics.fit_ms.observe(reply.elapsed_ms)
-        body = reply.body or {}
-        verdicts = body.get("results", [body]) if cmd.name == "infer_batch" else [body]
-        for verdict in verdicts:
-            if verdict.get("is_anomaly"):
-                metrics.anomalies.labels(
-                    cmd.recipe_id, verdict.get("role_id", ""), verdict.get("roi_id", "")
-                ).inc()
+        for verdict in verdicts_of(reply.result):
+            if verdict.is_anomaly:
+                metrics.anomalies.labels(cmd.recipe_id, verdict.role_id, verdict.roi_id).inc()
 
     def _log(self, reply: Reply) -> None:
         cmd = reply.command
@@ -360,10 +358,10 @@ class Worker:
         for name in ("role_id", "roi_id"):
             if hasattr(cmd, name):
                 fields[name] = getattr(cmd, name)
-        body = reply.body or {}
+        values = reply.result.fields() if isinstance(reply.result, InferResult | FitResult) else {}
         for name in ("score", "threshold", "is_anomaly", "model_version"):
-            if name in body:
-                fields[name] = body[name]
+            if name in values:
+                fields[name] = values[name]
         if reply.replayed:
             fields["replayed"] = True
         if reply.error is not None:

@@ -5,7 +5,6 @@ Also the small folder listings the inbox scans with.
 
 from __future__ import annotations
 
-import base64
 import os
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from adapters.folders.refits import refit_key
 from agent.commands import Command, FitOk, Infer
 from agent.errors import AgentError
 from agent.replies import Reply
+from agent.results import InferResult
 from agent.services import Services
 
 log = structlog.get_logger("adapters.folders")
@@ -45,8 +45,8 @@ def write_outcome(file: InboxFile, job: Job, services: Services, output: Output)
     with the same request id (at least once, like MQTT), never a result without a reply.
     """
     reply = job.reply
-    body = reply.to_dict() if reply is not None else dict(job.body or {})
-    heatmap = _pop_heatmap(body)
+    body = _result_file_body(reply) if reply is not None else dict(job.body or {})
+    heatmap = reply.result.heatmap_png if reply and isinstance(reply.result, InferResult) else None
     ok = "error" not in body
     if ok and isinstance(job.command, FitOk):
         output.mark_refit(refit_key(job.command))  # before the sample's file leaves
@@ -64,9 +64,13 @@ def write_outcome(file: InboxFile, job: Job, services: Services, output: Output)
         log.warning("folder file failed", source="folder", error=body["error"], **fields)
 
 
-def _pop_heatmap(body: dict[str, Any]) -> bytes | None:
-    value = body.pop("heatmap_png_base64", None)
-    return base64.b64decode(value) if isinstance(value, str) else None
+def _result_file_body(reply: Reply) -> dict[str, Any]:
+    """The ``.result.json`` body: the contract's result without the heatmap, which is
+    written beside it as the PNG's own bytes."""
+    ids = {"request_id": reply.command.request_id, "recipe_id": reply.command.recipe_id}
+    if reply.error is not None or reply.result is None:
+        return reply.to_dict()
+    return {**reply.result.fields(), **ids}
 
 
 def _stem_shared(path: Path) -> bool:

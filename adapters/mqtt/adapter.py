@@ -28,7 +28,7 @@ from adapters.mqtt.topics import (
     Topics,
     envelope,
     error_envelope,
-    fit_heatmaps,
+    add_heatmaps,
     json_payload,
     publish_topic_problem,
 )
@@ -294,7 +294,7 @@ class MqttAdapter:
 
     def _send_reply(self, reply: Reply, route: _Route, key: str | None) -> None:
         body = envelope(reply, self._next_seq())
-        fit_heatmaps(body, self.cfg.heatmap_max_bytes)
+        add_heatmaps(body, reply.result, self.cfg.heatmap_max_bytes)
         topic = route.reply_topic(self.topics)
         payload = json_payload(body)
         published = self.outbox.publish(topic, payload, route.correlation)
@@ -311,7 +311,6 @@ class MqttAdapter:
 
         def send() -> None:
             body = envelope(reply, self._next_seq(), extra)
-            body.pop("heatmap_png_base64", None)  # the folder has the heatmap file
             self.outbox.publish(self.topics.result(reply.command.name), json_payload(body))
 
         self.outbox.post(send)

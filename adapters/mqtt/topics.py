@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from agent.replies import Reply
+from agent.results import HEATMAP_FIELD, InferBatchResult, InferResult, Result
 from engine.keys import is_topic_text
 from engine.preprocess import cv2_module
 
@@ -103,14 +103,8 @@ def envelope(reply: Reply, seq: int, extra: dict[str, Any] | None = None) -> dic
     head.update(extra or {})
     if reply.error is not None:
         return {**head, "error": reply.error.body()}
-    # The envelope's own fields always win: a result field of the same name (the "ok"
-    # label listing of dataset_list) would otherwise turn "ok" into an object. It rides
-    # along as "result_<name>".
-    body = {
-        (f"result_{name}" if name in head else name): value
-        for name, value in (reply.body or {}).items()
-    }
-    return {**head, **body}
+    # Typed results share no field name with the envelope: merged as they are.
+    return {**head, **(reply.result.fields() if reply.result is not None else {})}
 
 
 def error_envelope(
@@ -148,24 +142,30 @@ def json_payload(body: dict[str, Any]) -> bytes:
 ENVELOPE_FIELDS = ("ok", "command", "request_id", "recipe_id", "seq", "ts", "source")
 
 
-def fit_heatmaps(body: dict[str, Any], max_bytes: int) -> None:
-    """Every heatmap of a reply within ``max_bytes``: an infer's, or each infer_batch item's."""
-    fit_heatmap(body, max_bytes)
-    results = body.get("results")
-    if body.get("command") == "infer_batch" and isinstance(results, list):
-        for item in results:
-            if isinstance(item, dict):
-                fit_heatmap(item, max_bytes)
+def add_heatmaps(body: dict[str, Any], result: Result | None, max_bytes: int) -> None:
+    """The heatmaps of a reply (an infer's, or each infer_batch item's) as base64, each
+    PNG downscaled until it fits ``max_bytes``."""
+    if isinstance(result, InferResult):
+        _add_heatmap(body, result.heatmap_png, max_bytes)
+    elif isinstance(result, InferBatchResult):
+        for item, out in zip(result.items, body.get("results", []), strict=True):
+            if item.result is not None:
+                _add_heatmap(out, item.result.heatmap_png, max_bytes)
 
 
-def fit_heatmap(body: dict[str, Any], max_bytes: int) -> None:
-    """Downscale ``heatmap_png_base64`` in place until its PNG fits ``max_bytes``."""
-    encoded = body.get("heatmap_png_base64")
-    if not isinstance(encoded, str):
+def _add_heatmap(body: dict[str, Any], png: bytes | None, max_bytes: int) -> None:
+    if png is None:
         return
-    png = base64.b64decode(encoded)
-    if len(png) <= max_bytes:
-        return
+    if len(png) > max_bytes:
+        png, scale = downscale_png(png, max_bytes)
+        # The PLC needs to know the heatmap no longer has the input image's size.
+        body["heatmap_scale"] = scale
+    body[HEATMAP_FIELD] = base64.b64encode(png).decode("ascii")
+
+
+def downscale_png(png: bytes, max_bytes: int) -> tuple[bytes, float]:
+    """The PNG shrunk by 0.7 per step until it fits ``max_bytes`` (or is 8 px), and the
+    scale applied to its width."""
     cv2 = cv2_module()
     import numpy as np
 
@@ -178,41 +178,4 @@ def fit_heatmap(body: dict[str, Any], max_bytes: int) -> None:
         )
         _, buffer = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 9])
         png = buffer.tobytes()
-    body["heatmap_png_base64"] = base64.b64encode(png).decode("ascii")
-    # The PLC needs to know the heatmap no longer has the input image's size.
-    body["heatmap_scale"] = round(image.shape[1] / original_width, 4)
-
-
-class VerdictTracker:
-    """Consecutive anomalies per ROI: one alert per run, and ``cleared`` when it ends."""
-
-    def __init__(self, alert_after: int) -> None:
-        self.alert_after = alert_after
-        self._runs: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self._lock = threading.Lock()
-
-    def update(
-        self, roi: tuple[str, str, str], is_anomaly: bool | None, request_id: str, ts: str
-    ) -> dict[str, Any] | None:
-        """The alert payload to publish now, if any."""
-        if is_anomaly is None:
-            return None
-        with self._lock:
-            run = self._runs.get(roi)
-            if is_anomaly:
-                if run is None:
-                    run = self._runs[roi] = {"count": 0, "since": ts, "alerted": False}
-                run["count"] += 1
-                if run["count"] >= self.alert_after and not run["alerted"]:
-                    run["alerted"] = True
-                    return {
-                        "kind": "consecutive_anomalies",
-                        "count": run["count"],
-                        "since": run["since"],
-                        "last_request_id": request_id,
-                    }
-                return None
-            self._runs.pop(roi, None)
-            if run is not None and run["alerted"]:
-                return {"kind": "cleared", "count": run["count"], "last_request_id": request_id}
-            return None
+    return png, round(image.shape[1] / original_width, 4)

@@ -85,7 +85,7 @@ def test_gui_flow_upload_fit_calibrate_infer(server: Server, ok_pngs, test_discs
     assert "n_embeddings" not in stored  # stored only, nothing fitted
     assert all(Path(s["file"]).parent == Path(stored["target_dir"]) for s in stored["samples"])
     listing = client.get("/datasets/list", params={**ROI, "label": "ok"}).json()
-    assert listing["ok"]["count"] == 6
+    assert listing["datasets"]["ok"]["count"] == 6
 
     fit = client.post(
         "/fit_ok", data={**FORM, "memory_fit": "true"}, files=files("images", ok_pngs[6:8])
@@ -175,12 +175,12 @@ def test_infer_batch_multipart_keeps_order(fitted: Server, test_discs) -> None:
 def test_dataset_list_delete_clear(server: Server, ok_pngs) -> None:
     client = server.client
     client.post("/datasets/ok/upload", data=FORM, files=files("images", ok_pngs[:3]))
-    name = client.get("/datasets/list", params=ROI).json()["ok"]["files"][0]["file"]
+    name = client.get("/datasets/list", params=ROI).json()["datasets"]["ok"]["files"][0]["file"]
     deleted = client.delete("/datasets/file", params={**ROI, "label": "ok", "file": name})
     assert deleted.json()["deleted"] == 1
     cleared = client.delete("/datasets/clear", params={**ROI, "label": "ok"})
     assert cleared.json()["deleted"] == 2
-    assert client.get("/datasets/list", params=ROI).json()["ok"]["count"] == 0
+    assert client.get("/datasets/list", params=ROI).json()["datasets"]["ok"]["count"] == 0
 
 
 def test_recipe_id_from_field_query_or_header(fitted: Server, ok_pngs) -> None:

@@ -59,7 +59,7 @@ def test_every_command_round_trip(broker, mqtt_agent, ok_pngs, test_discs, proto
         manifest = ask(plc, "manifest")
         assert manifest["datasets"] == {"ok": 6, "ng": 3} and manifest["memory"]["exists"]
         listing = ask(plc, "dataset_list", label="ng")
-        first = listing["ng"]["files"][0]["file"]
+        first = listing["datasets"]["ng"]["files"][0]["file"]
         assert ask(plc, "dataset_delete", label="ng", file=first)["deleted"] == 1
         assert ask(plc, "dataset_clear", label="ng")["deleted"] == 2
     finally:

@@ -112,11 +112,11 @@ def test_infer_batch_keeps_order_and_isolates_failures(fitted: Agent, test_discs
 
 def test_dataset_list_delete_clear(fitted: Agent) -> None:
     listing = send(fitted, "dataset_list", label="ok").to_dict()
-    assert listing["ok"]["count"] == 8
-    name = listing["ok"]["files"][0]["file"]
+    assert listing["datasets"]["ok"]["count"] == 8
+    name = listing["datasets"]["ok"]["files"][0]["file"]
     assert send(fitted, "dataset_delete", label="ok", file=name).to_dict()["deleted"] == 1
     assert send(fitted, "dataset_clear", label="ok").to_dict()["deleted"] == 7
-    assert send(fitted, "dataset_list").to_dict()["ok"]["count"] == 0
+    assert send(fitted, "dataset_list").to_dict()["datasets"]["ok"]["count"] == 0
 
 
 @pytest.mark.parametrize(

@@ -80,7 +80,7 @@ def test_a_reused_request_id_is_not_a_repeat_of_another_request(
         assert other["error"]["kind"] == "bad_request", other
         assert "already used" in other["error"]["message"]
         listing = ask(plc, PREFIX, "dataset_list", **ROI_B, label="ok")
-        assert listing["result_ok"]["count"] == 0  # nothing stored for B under A's answer
+        assert listing["datasets"]["ok"]["count"] == 0  # nothing stored for B under A's answer
         fit(agent, ok_pngs[3:6], ROI_B)
         image = b64(ok_pngs[7])
         a = ask(plc, PREFIX, "infer", request_id="inf-x", **ROI, mm_per_px=MM, image=image)
