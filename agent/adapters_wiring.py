@@ -21,6 +21,7 @@ def build_adapters(settings: Settings, agent: Agent) -> list[Adapter]:
         ("mqtt", settings.mqtt.enabled),
         ("folders", settings.folders.enabled),
         ("http", settings.http.enabled),
+        ("opcua", settings.opcua.enabled),
     ):
         if not enabled:
             log.info("adapter disabled", adapter=name)
