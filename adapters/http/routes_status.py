@@ -27,7 +27,6 @@ log = structlog.get_logger("adapters.http")
 router = APIRouter(tags=["status"])
 
 PACKAGE_NAME = "brakedisc-inspector-agent"
-TRAINING_COMMANDS = frozenset({"fit_ok", "calibrate_ng"})
 
 
 class LastFit:
@@ -70,14 +69,14 @@ async def health(bridge: BridgeDep) -> JSONResponse:
 
 @router.get("/train/status", response_model=TrainStatusOut, responses=COMMON_ERRORS)
 async def train_status(request: Request, bridge: BridgeDep) -> JSONResponse:
-    """Seed 001's training status: is a fit or calibration running in this process."""
+    """Seed 001's training status: a fit, refit or calibration running in this agent or
+    waiting in its queue (``running``: the command now, ``queued``: how many wait)."""
     reply = await bridge.submit("health", {})
     health = reply.body or {}
     agent = bridge.agent
     last_fit: LastFit = request.app.state.last_fit
     body = {
-        "status": "running" if agent.worker.current in TRAINING_COMMANDS else "idle",
-        "last_train_ts": agent.services.last_fit_ts,
+        **agent.bus.training(),
         "queue_size": health.get("queue_size", agent.worker.queue_size),
         "model": health.get("model"),
         "device": health.get("device"),

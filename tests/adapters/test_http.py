@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
+from agent.commands import Refit
 from agent.demo.discs import encode_png
 from tests.adapters.socket_options import server_connections_nodelay
 from tests.adapters.test_http_support import (  # noqa: F401 (fixtures)
@@ -395,6 +396,15 @@ def test_train_status_reports_a_running_fit(server: Server, ok_pngs) -> None:
     fit.join()
     assert "running" in seen
     assert server.client.get("/train/status").json()["status"] == "idle"
+    # A folder's debounced refit is training too, running or queued.
+    refit = Refit(request_id="refit", role_id=ROI["role_id"], roi_id=ROI["roi_id"])
+    pending = server.agent.bus.submit(refit)
+    seen_refit = set()
+    while not pending.done():
+        status = server.client.get("/train/status").json()
+        seen_refit.add((status["status"], status["running"]))
+        time.sleep(0.02)
+    assert pending.result().ok and ("running", "refit") in seen_refit, seen_refit
 
 
 def test_stop_frees_the_port(serve) -> None:
