@@ -15,8 +15,10 @@ from typing import Any
 
 from agent.commands import Command
 
-# Not inputs: who sent the request and how long it waits change nothing it does.
-NOT_INPUTS = frozenset({"request_id", "source", "deadline"})
+# Not inputs: who sent the request and how long it waits change nothing it does, and a
+# dataset folder's file names (``FitImages.names``) only word its error messages: the
+# same images under new names are the same request.
+NOT_INPUTS = frozenset({"request_id", "source", "deadline", "names"})
 
 
 def request_digest(cmd: Command) -> str:
