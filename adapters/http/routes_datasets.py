@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
+from pydantic import WithJsonSchema
 
 from adapters.http.routes_common import (
     COMMON_ERRORS,
@@ -22,6 +23,9 @@ from adapters.http.routes_inspect import (
     store_samples,
 )
 from adapters.http.schemas import (
+    ID_DOC,
+    LABEL_DOC,
+    TEXT_DOC,
     AddNgOut,
     DatasetClearOut,
     DatasetDeleteOut,
@@ -32,15 +36,30 @@ from adapters.http.schemas import (
 
 router = APIRouter(tags=["datasets"])
 
-RoleQuery = Annotated[str, Query(description="inspection role")]
-RoiQuery = Annotated[str, Query(description="ROI id")]
-ModelKeyQuery = Annotated[str | None, Query(description="memory name (default: roi_id)")]
-Label = Literal["ok", "ng"]
+# Every parameter as sent, for the shared parser; the JSON schemas are for the document.
+RoleQuery = Annotated[
+    str | None, WithJsonSchema(ID_DOC), Query(description="inspection role (required)")
+]
+RoiQuery = Annotated[str | None, WithJsonSchema(ID_DOC), Query(description="ROI id (required)")]
+ModelKeyQuery = Annotated[
+    str | None, WithJsonSchema(ID_DOC), Query(description="memory name (default: roi_id)")
+]
+LabelQuery = Annotated[
+    str | None, WithJsonSchema(LABEL_DOC), Query(description="ok or ng (required)")
+]
+FileQuery = Annotated[
+    str | None,
+    WithJsonSchema(TEXT_DOC),
+    Query(description="bare file name from /datasets/list (required)"),
+]
 
 
 @router.get("/manifest", response_model=ManifestOut, responses=COMMON_ERRORS)
 async def manifest(
-    bridge: BridgeDep, role_id: RoleQuery, roi_id: RoiQuery, model_key: ModelKeyQuery = None
+    bridge: BridgeDep,
+    role_id: RoleQuery = None,
+    roi_id: RoiQuery = None,
+    model_key: ModelKeyQuery = None,
 ) -> JSONResponse:
     """What is stored for a ROI: memory, calibration, dataset counts."""
     payload = {"role_id": role_id, "roi_id": roi_id, "model_key": model_key}
@@ -50,10 +69,10 @@ async def manifest(
 @router.post("/datasets/ok/upload", response_model=FitOkOut, responses=UPLOAD_ERRORS)
 async def upload_ok(
     bridge: BridgeDep,
-    role_id: RoleId,
-    roi_id: RoiId,
-    mm_per_px: MmPerPx,
-    images: Images,
+    role_id: RoleId = None,
+    roi_id: RoiId = None,
+    mm_per_px: MmPerPx = None,
+    images: Images = None,
     recipe_id: RecipeField = None,
 ) -> JSONResponse:
     """Store OK samples without rebuilding the memory (``fit_ok`` with memory_fit=false)."""
@@ -70,10 +89,10 @@ async def upload_ok(
 @router.post("/datasets/ng/upload", response_model=AddNgOut, responses=UPLOAD_ERRORS)
 async def upload_ng(
     bridge: BridgeDep,
-    role_id: RoleId,
-    roi_id: RoiId,
-    mm_per_px: MmPerPx,
-    images: Images,
+    role_id: RoleId = None,
+    roi_id: RoiId = None,
+    mm_per_px: MmPerPx = None,
+    images: Images = None,
     recipe_id: RecipeField = None,
 ) -> JSONResponse:
     """Store NG samples (``add_ng``)."""
@@ -89,9 +108,11 @@ async def upload_ng(
 @router.get("/datasets/list", response_model=DatasetListOut, responses=COMMON_ERRORS)
 async def dataset_list(
     bridge: BridgeDep,
-    role_id: RoleQuery,
-    roi_id: RoiQuery,
-    label: Annotated[Label | None, Query(description="both labels when absent")] = None,
+    role_id: RoleQuery = None,
+    roi_id: RoiQuery = None,
+    label: Annotated[
+        str | None, WithJsonSchema(LABEL_DOC), Query(description="both labels when absent")
+    ] = None,
 ) -> JSONResponse:
     """The stored samples of a ROI, with their metadata."""
     payload = {"role_id": role_id, "roi_id": roi_id, "label": label}
@@ -101,10 +122,10 @@ async def dataset_list(
 @router.delete("/datasets/file", response_model=DatasetDeleteOut, responses=COMMON_ERRORS)
 async def dataset_delete(
     bridge: BridgeDep,
-    role_id: RoleQuery,
-    roi_id: RoiQuery,
-    label: Annotated[Label, Query()],
-    file: Annotated[str, Query(description="bare file name from /datasets/list")],
+    role_id: RoleQuery = None,
+    roi_id: RoiQuery = None,
+    label: LabelQuery = None,
+    file: FileQuery = None,
 ) -> JSONResponse:
     """Delete one sample (image and metadata); ``deleted`` is 0 when it was not there."""
     payload = {"role_id": role_id, "roi_id": roi_id, "label": label, "file": file}
@@ -114,9 +135,9 @@ async def dataset_delete(
 @router.delete("/datasets/clear", response_model=DatasetClearOut, responses=COMMON_ERRORS)
 async def dataset_clear(
     bridge: BridgeDep,
-    role_id: RoleQuery,
-    roi_id: RoiQuery,
-    label: Annotated[Label, Query()],
+    role_id: RoleQuery = None,
+    roi_id: RoiQuery = None,
+    label: LabelQuery = None,
 ) -> JSONResponse:
     """Delete every sample of one label; the memory stays until the next fit."""
     payload = {"role_id": role_id, "roi_id": roi_id, "label": label}

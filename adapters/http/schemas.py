@@ -32,23 +32,40 @@ class ErrorOut(Ids):
 
 
 # -- requests ----------------------------------------------------------------------------
+#
+# Routes declare every field as plain text (or an upload), so FastAPI hands what the
+# client sent, untouched, to the parser MQTT and folders use (``agent.parsing``): the same
+# input gets the same answer on every adapter. These JSON schemas say what the parser
+# accepts, for the OpenAPI document only (``WithJsonSchema`` on each route's fields); they
+# check nothing. Required fields say so in their description: to FastAPI they are
+# optional, and the parser refuses a missing one, naming it.
+
+ID_DOC: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 90}
+SCALE_DOC: dict[str, Any] = {"type": "number", "exclusiveMinimum": 0, "maximum": 1000}
+FLAG_DOC: dict[str, Any] = {"type": "boolean"}
+TEXT_DOC: dict[str, Any] = {"type": "string"}
+LABEL_DOC: dict[str, Any] = {"type": "string", "enum": ["ok", "ng"]}
+JSON_LIST_DOC: dict[str, Any] = {"type": "string", "contentMediaType": "application/json"}
 
 
 class CalibrateNgIn(BaseModel):
-    """Body of ``POST /calibrate_ng``. Without ``ok_scores`` the agent scores its own stored
-    OK (leave-one-out) and NG samples."""
+    """Body of ``POST /calibrate_ng``, for the OpenAPI document (the route hands the raw
+    JSON to the shared parser). Without ``ok_scores`` the agent scores its own stored OK
+    (leave-one-out) and NG samples."""
 
     model_config = ConfigDict(extra="ignore")
 
-    role_id: str
-    roi_id: str
+    role_id: str = Field(min_length=1, max_length=90)
+    roi_id: str = Field(min_length=1, max_length=90)
     recipe_id: str | None = Field(None, description="else ?recipe_id=, else X-Recipe-Id")
     model_key: str | None = Field(None, description="default: roi_id")
-    mm_per_px: float | None = None
+    mm_per_px: float | None = Field(None, gt=0, le=1000)
     ok_scores: list[float] | None = Field(None, description="scores of OK images")
     ng_scores: list[float] | None = Field(None, description="scores of NG images")
-    area_mm2_thr: float | None = Field(None, description="smallest region kept (mm^2)")
-    score_percentile: float | None = Field(None, description="OK percentile without NG")
+    area_mm2_thr: float | None = Field(None, ge=0, description="smallest region kept (mm^2)")
+    score_percentile: float | None = Field(
+        None, ge=0, le=100, description="OK percentile without NG"
+    )
 
 
 # -- responses ---------------------------------------------------------------------------
