@@ -21,10 +21,10 @@ from typing import Any
 from agent.commands import Command
 from agent.config import RoiDefaults
 from agent.errors import AgentError, bad_request
-from agent.parsing import parse_command, request_id_of
+from agent.parsing import parse_command, recipe_id_of, request_id_of
 from engine.datasets import IMAGE_SUFFIXES
 from engine.errors import EngineError
-from engine.keys import RoiKey, is_text, normalise_recipe_id
+from engine.keys import RoiKey, is_text
 
 COMMAND_OF_KIND = {"ok": "fit_ok", "ng": "add_ng", "infer": "infer"}
 SIDECAR_FIELDS = ("mm_per_px", "shape", "recipe_id", "request_id")
@@ -170,34 +170,46 @@ def build_command(
     data: bytes,
     sig: FileSig,
     sidecar: Sidecar,
-    defaults: RoiDefaults | None,
+    defaults_for: Callable[[RoiKey], RoiDefaults | None],
     sidecar_missing_is_final: bool,
 ) -> Command:
-    """The command for one inbox file. Raises ``AgentError`` for a file that can never
-    succeed, ``SidecarPending`` when ``mm_per_px`` may still come with a late sidecar."""
+    """The command for one inbox file: its payload is the file's ROI and bytes plus the
+    sidecar's fields, parsed by the parser every adapter shares (which takes a missing
+    ``mm_per_px`` from the ROI's defaults). Raises ``AgentError`` for a file that can
+    never succeed, ``SidecarPending`` when ``mm_per_px`` may still come with a late
+    sidecar."""
     payload: dict[str, Any] = {"role_id": file.role_id, "roi_id": file.roi_id, **sidecar.fields}
-    payload.setdefault("request_id", file_request_id(file, inbox, data, sig))
-    if payload.get("mm_per_px") is None:
-        if defaults is not None and defaults.mm_per_px is not None:
-            payload["mm_per_px"] = defaults.mm_per_px
-        elif sidecar.sig is None and not sidecar_missing_is_final:
+    # The sidecar's request id when it can be echoed, else the file's own (deterministic).
+    fallback = file_request_id(file, inbox, data, sig)
+    payload["request_id"] = request_id_of(sidecar.fields) or fallback
+    key = roi_defaults_key(file, sidecar)  # None: the parser refuses the bad id
+    if (
+        key is not None
+        and payload.get("mm_per_px") in (None, "")
+        and not _has_default_scale(key, defaults_for)
+    ):
+        if sidecar.sig is None and not sidecar_missing_is_final:
             raise SidecarPending(file.sidecar)
-        else:
-            where = (
-                "its sidecar"
-                if sidecar.sig is not None
-                else f"no sidecar {ascii_name(file.sidecar)}"
-            )
-            raise bad_request(
-                f"mm_per_px is required: {where} gives none and configs/rois.yaml has no "
-                f"default for {file.role_id}/{file.roi_id}"
-            )
+        # Said here rather than by the parser: which sidecar was looked for.
+        where = (
+            "its sidecar" if sidecar.sig is not None else f"no sidecar {ascii_name(file.sidecar)}"
+        )
+        raise bad_request(
+            f"mm_per_px is required: {where} gives none and configs/rois.yaml has no "
+            f"default for {file.role_id}/{file.roi_id}"
+        )
     if file.kind == "infer":
         payload["image"] = data
     else:
         payload["images"] = [data]
         payload["memory_fit"] = False  # ok/: store now, one debounced refit later
-    return parse_command(COMMAND_OF_KIND[file.kind], payload, "folder")
+    return parse_command(COMMAND_OF_KIND[file.kind], payload, "folder", defaults=defaults_for)
+
+
+def _has_default_scale(key: RoiKey, defaults_for: Callable[[RoiKey], RoiDefaults | None]) -> bool:
+    """Whether ``configs/rois.yaml`` gives the ROI a scale."""
+    defaults = defaults_for(key)
+    return defaults is not None and defaults.mm_per_px is not None
 
 
 class Refused(Exception):
@@ -231,9 +243,9 @@ def prepare_command(
         if not is_image_name(file.path.name):
             raise bad_request(f"{ascii_name(file.path)} is not a PNG/JPEG/BMP/TIFF image")
         sidecar = read_sidecar(file.sidecar, settle_s)
-        key = roi_defaults_key(file, sidecar)
-        defaults = defaults_for(key) if key else None
-        command = build_command(file, inbox, data, sig, sidecar, defaults, sidecar_missing_is_final)
+        command = build_command(
+            file, inbox, data, sig, sidecar, defaults_for, sidecar_missing_is_final
+        )
     except AgentError as error:
         ids = failure_ids(sidecar.fields, file_request_id(file, inbox, data, sig))
         moved = Sidecar(sidecar.fields, sidecar.sig or stat_sig(file.sidecar))
@@ -252,12 +264,7 @@ def roi_defaults_key(file: InboxFile, sidecar: Sidecar) -> RoiKey | None:
 def failure_ids(sidecar_fields: dict[str, Any], fallback_request_id: str) -> dict[str, str]:
     """request_id and recipe_id for an error body when no command could be built."""
     request_id = request_id_of(sidecar_fields) or fallback_request_id
-    try:
-        recipe = sidecar_fields.get("recipe_id")
-        recipe_id = normalise_recipe_id(recipe if isinstance(recipe, str) else None)
-    except EngineError:
-        recipe_id = "default"
-    return {"request_id": request_id, "recipe_id": recipe_id}
+    return {"request_id": request_id, "recipe_id": recipe_id_of(sidecar_fields)}
 
 
 def error_body(error: AgentError, ids: dict[str, str]) -> dict[str, Any]:
