@@ -108,14 +108,19 @@ def envelope(reply: Reply, seq: int, extra: dict[str, Any] | None = None) -> dic
 
 
 def error_envelope(
-    command: str, request_id: str | None, seq: int, kind_code_message: dict[str, Any]
+    command: str,
+    request_id: str | None,
+    seq: int,
+    kind_code_message: dict[str, Any],
+    recipe_id: str = "default",
 ) -> dict[str, Any]:
-    """For a message that never became a command (not JSON, bad fields...)."""
+    """For a message that never became a command (not JSON, bad fields...); ``recipe_id``
+    is the payload's, normalised, when one could be read (``agent.parsing.recipe_id_of``)."""
     return {
         "ok": False,
         "command": command,
         "request_id": request_id,
-        "recipe_id": "default",
+        "recipe_id": recipe_id,
         "seq": seq,
         "ts": utc_now(),
         "source": "mqtt",
