@@ -8,7 +8,10 @@ with the same ``request_id`` *and* the same inputs (the request's digest,
 Only successful replies are kept: a ``busy`` or any other error is forgotten, so a retry
 runs. A request still in flight after ``IN_FLIGHT_S`` counts as lost (a reply that was
 never made must not silence its retries): its repeat runs again, which for a read does no
-harm.
+harm. A reply is an answer to repeats for ``REPLAY_S``: a retry comes within seconds and a
+redelivery right after a reconnect; later, the same id with the same image (a PLC whose
+counter started again, a reference part checked every shift) is judged anew, by a model
+that may have been refitted since.
 
 Bounded in bytes, everything counted: each reply's payload, topic and correlation data,
 and a fixed ``ENTRY_BYTES`` per remembered request (its key, the bookkeeping), in flight
@@ -31,6 +34,7 @@ DUPLICATE_WINDOW = 20_000  # requests remembered, answered or in flight
 # tracemalloc at about 360 bytes; rounded up.
 ENTRY_BYTES = 400
 IN_FLIGHT_S = 60.0  # a read not answered within this is taken as lost
+REPLAY_S = 600.0  # a reply answers repeats for this long
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class Sent:
 @dataclass(slots=True)
 class _Entry:
     sent: Sent | None  # None: in flight
-    since: float  # time.monotonic() of the claim
+    since: float  # time.monotonic() of the claim, then of the answer
 
     @property
     def size(self) -> int:
@@ -68,10 +72,12 @@ class RecentReplies:
         max_bytes: int,
         max_entries: int = DUPLICATE_WINDOW,
         in_flight_s: float = IN_FLIGHT_S,
+        replay_s: float = REPLAY_S,
     ) -> None:
         self.max_bytes = max_bytes
         self.max_entries = max_entries
         self.in_flight_s = in_flight_s
+        self.replay_s = replay_s
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # oldest first
         self._bytes = 0
         self._lock = threading.Lock()
@@ -93,9 +99,10 @@ class RecentReplies:
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
-                if entry.sent is not None or now - entry.since <= self.in_flight_s:
+                age = now - entry.since
+                if age <= (self.in_flight_s if entry.sent is None else self.replay_s):
                     return False, entry.sent
-                self._remove(key)  # in flight for too long: lost, this one runs
+                self._remove(key)  # lost in flight, or answered too long ago: this one runs
             self._add(key, _Entry(None, now))
             return True, None
 
@@ -106,7 +113,7 @@ class RecentReplies:
             if entry is None:
                 return  # pushed out while it ran
             self._remove(key)
-            self._add(key, _Entry(sent, entry.since))
+            self._add(key, _Entry(sent, time.monotonic()))
 
     def forget(self, key: str) -> None:
         """The request failed (``busy``, ...): a repeat must run."""

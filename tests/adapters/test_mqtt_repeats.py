@@ -41,7 +41,18 @@ def test_a_request_in_flight_too_long_is_taken_as_lost() -> None:
     assert store.claim(key) == (True, None)  # its reply never came: the retry runs
     store.answered(key, reply(10))
     time.sleep(0.1)
-    assert store.claim(key) == (False, reply(10))  # an answer never goes stale
+    assert store.claim(key) == (False, reply(10))  # answered: repeats get the answer
+
+
+def test_an_answer_is_replayed_only_for_a_while() -> None:
+    store = RecentReplies(max_bytes=1_000_000, replay_s=0.05)
+    key = repeat_key("infer", "part-7", "d")
+    store.claim(key)
+    store.answered(key, reply(10))
+    assert store.claim(key) == (False, reply(10))
+    time.sleep(0.1)
+    assert store.claim(key) == (True, None)  # the model may have changed: judged anew
+    assert len(store) == 1 and store.total_bytes == ENTRY_BYTES
 
 
 def test_keys_have_one_size_whatever_the_request_id() -> None:
