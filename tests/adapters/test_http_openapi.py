@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,6 +59,9 @@ def test_no_generated_request_gets_a_server_error(
     operations = [result.ok() for result in schema.get_all_operations()]
     calls = [0]
     assert len(operations) >= 17
+    # An endless event stream never completes a response to check (test_http_events.py
+    # covers GET /events).
+    operations = [op for op in operations if not _streams(op)]
 
     for operation in operations:
         cases = st.one_of(
@@ -83,3 +87,8 @@ def test_no_generated_request_gets_a_server_error(
     record_property("tried", calls[0])
     record_property("failures", 0)  # a failing case raised above
     record_property("detail", f"{len(operations)} operations, no 500, every body documented")
+
+
+def _streams(operation: Any) -> bool:
+    responses = operation.definition.raw.get("responses", {})
+    return "text/event-stream" in responses.get("200", {}).get("content", {})
