@@ -34,6 +34,8 @@ from agent.config_checks import (
     error_line,
     unreadable,
 )
+from engine.errors import EngineError
+from engine.keys import normalise_recipe_id
 
 DEFAULT_CONFIG_FILE = Path("configs/agent.yaml")
 
@@ -318,6 +320,7 @@ def load_roi_defaults(path: Path) -> dict[tuple[str, str, str], RoiDefaults]:
     try:
         data = yaml.safe_load(text) or {}
         entries = [RoiDefaults(**entry) for entry in data.get("rois", [])]
-    except (yaml.YAMLError, ValidationError, TypeError, AttributeError) as exc:
+        # Keyed by the recipe id every command gets ("Line A" is line_a); ids as written.
+        return {(normalise_recipe_id(e.recipe_id), e.role_id, e.roi_id): e for e in entries}
+    except (yaml.YAMLError, ValidationError, TypeError, AttributeError, EngineError) as exc:
         raise ConfigError(f"ROI defaults file {path} is invalid: {exc}") from None
-    return {(e.recipe_id.lower(), e.role_id, e.roi_id): e for e in entries}

@@ -10,8 +10,8 @@ from agent.config import RoiDefaults, Settings
 from agent.journal import Journal
 from agent.model_cache import ModelCache
 from engine.datasets import DatasetStore
-from engine.errors import CorruptArtifact
-from engine.keys import RoiKey
+from engine.errors import CorruptArtifact, EngineError
+from engine.keys import RoiKey, normalise_recipe_id
 from engine.patchcore import PatchCore
 from engine.preprocess import DecodeLimits
 from engine.store import ModelStore
@@ -56,7 +56,13 @@ class Services:
         return DecodeLimits(self.settings.max_image_bytes, self.settings.max_image_pixels)
 
     def defaults_for(self, key: RoiKey) -> RoiDefaults | None:
-        return self.roi_defaults.get((key.recipe_id, key.role_id, key.roi_id))
+        """``configs/rois.yaml``'s entry for the ROI: the recipe id normalised as on load,
+        role and ROI ids as sent."""
+        try:
+            recipe = normalise_recipe_id(key.recipe_id)
+        except EngineError:
+            return None
+        return self.roi_defaults.get((recipe, key.role_id, key.roi_id))
 
     def roi_changed(self, key: RoiKey) -> None:
         for listener in list(self.roi_listeners):

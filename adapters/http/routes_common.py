@@ -112,7 +112,7 @@ class Bridge:
         recipe = payload.get("recipe_id") or self.query_recipe_id or self.header_recipe_id
         self.ids.recipe_id = safe_recipe_id(recipe)
         full = {**payload, "recipe_id": recipe, "request_id": self.ids.request_id}
-        command = parse_command(name, full, "http")
+        command = parse_command(name, full, "http", defaults=self.agent.services.defaults_for)
         return await asyncio.wrap_future(self.agent.bus.submit(command))
 
     async def read_images(self, files: list[UploadFile], name: str) -> list[bytes]:

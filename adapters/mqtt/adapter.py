@@ -36,7 +36,7 @@ from agent.bootstrap import Agent
 from agent.config import Settings
 from agent.errors import AgentError, bad_request
 from agent.events import Event, agent_status
-from agent.parsing import parse_command, request_id_of
+from agent.parsing import parse_command, recipe_id_of, request_id_of
 from agent.replies import Reply
 from agent.request_digest import request_digest
 from engine.keys import RoiKey
@@ -215,6 +215,7 @@ class MqttAdapter:
             self._refuse(route, None, bad_request("payload is not valid JSON"))
             return
         request_id = request_id_of(payload)
+        recipe_id = recipe_id_of(payload)
         if route.response_problem is not None:
             # Answered on the result topic instead: a reply to a topic no broker takes
             # would be lost, and once spooled it would hold up every reply behind it.
@@ -222,7 +223,7 @@ class MqttAdapter:
                 f"ResponseTopic {ascii(route.response_topic)[:200]} is not a valid publish "
                 f"topic: {route.response_problem}"
             )
-            self._refuse(route, request_id, bad_request(message))
+            self._refuse(route, request_id, bad_request(message), recipe_id)
             return
         try:
             cmd = parse_command(
@@ -232,13 +233,14 @@ class MqttAdapter:
                 self.cfg.image_roots,
                 route.deadline(),
                 max_image_bytes=self.settings.max_image_bytes,
+                defaults=self.agent.services.defaults_for,
             )
         except AgentError as error:
-            self._refuse(route, request_id, error)
+            self._refuse(route, request_id, error, recipe_id)
             return
         except Exception as exc:  # a message must never kill the adapter
             log.exception("unexpected error parsing a message", topic=msg.topic)
-            self._refuse(route, request_id, AgentError.from_exception(exc))
+            self._refuse(route, request_id, AgentError.from_exception(exc), recipe_id)
             return
         key = None
         if not cmd.mutating and request_id is not None:
@@ -266,17 +268,26 @@ class MqttAdapter:
     def _send_again(self, sent: Sent) -> None:
         self.outbox.publish(sent.topic, sent.payload, sent.correlation)
 
-    def _refuse(self, route: _Route, request_id: str | None, error: AgentError) -> None:
+    def _refuse(
+        self,
+        route: _Route,
+        request_id: str | None,
+        error: AgentError,
+        recipe_id: str = "default",
+    ) -> None:
         log.warning(
             "message refused",
             command=route.command,
             request_id=request_id,
+            recipe_id=recipe_id,
             kind=error.kind,
             error=error.message,
         )
 
         def send() -> None:
-            body = error_envelope(route.command, request_id, self._next_seq(), error.body())
+            body = error_envelope(
+                route.command, request_id, self._next_seq(), error.body(), recipe_id
+            )
             topic = route.reply_topic(self.topics)
             self.outbox.publish(topic, json_payload(body), route.correlation)
 
