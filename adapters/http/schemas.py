@@ -247,7 +247,11 @@ class DatasetClearOut(Ids):
 class TrainStatusOut(Ids):
     """Seed 001's ``/train/status`` shape."""
 
-    status: Literal["idle", "running"]
+    status: Literal["idle", "running"] = Field(
+        description="running while a fit, refit or calibration runs or waits in the queue"
+    )
+    running: str | None = Field(description="the training command running now, if any")
+    queued: int = Field(description="training commands waiting in the queue")
     last_train_ts: str | None = Field(description="last memory rebuilt by this process")
     queue_size: int
     model: str
