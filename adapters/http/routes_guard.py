@@ -22,6 +22,7 @@ from adapters.http.routes_common import (
     error_response,
     safe_recipe_id,
 )
+from adapters.http.routes_console import CONSOLE_PATHS
 from agent.config import Settings
 
 log = structlog.get_logger("adapters.http")
@@ -89,7 +90,9 @@ class ContractGuard:
     def _refusal(self, scope: Scope, headers: Headers, ids: RequestIds) -> JSONResponse | None:
         """401 or 413 decided from the headers alone, before any body byte is read."""
         path = scope["path"]
-        if self.api_key and path not in PUBLIC_PATHS and not self._key_ok(scope):
+        # The console's page and files are public too: it must load to ask for the key.
+        public = path in PUBLIC_PATHS or path in CONSOLE_PATHS
+        if self.api_key and not public and not self._key_ok(scope):
             return refused(ids, path, 401, "unauthorized", "X-API-Key is missing or wrong")
         declared = _content_length(headers)
         limit = self._limit(path)

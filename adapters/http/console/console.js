@@ -1,0 +1,681 @@
+// The operators' console (contract section 9): plain JavaScript, no library, no build.
+//
+// It reads the agent's API relative to its own address (/ui/ -> ../), so it also works
+// behind a proxy that serves the agent under a prefix. With an API key configured, every
+// call carries X-API-Key, the event stream included: EventSource cannot send headers, so
+// the stream is read with fetch() and parsed here (SSE wire format), and reconnects with
+// Last-Event-ID itself.
+"use strict";
+
+const API = new URL("../", location.href);
+const KEY_STORE = "bdi-api-key";
+const MAX_VERDICTS = 50; // the agent keeps as many pictures (recent_max, default)
+const TREND_POINTS = 50;
+const SPARK_POINTS = 20;
+const HEALTH_POLL_MS = 10000;
+
+const state = {
+  key: sessionStorage.getItem(KEY_STORE) || "",
+  rois: new Map(), // "recipe|role|roi" -> {ids, state, scores: [{seq, score, threshold, is_anomaly}]}
+  verdicts: [], // newest first: verdict bodies
+  pictures: new Map(), // seq -> {image, heatmap}: promises of an object URL (null: none)
+  alerts: new Map(), // roi key -> active alert body
+  selectedRoi: null,
+  shownSeq: null,
+  stream: null, // AbortController of the open stream
+  lastEventId: null,
+  boot: null, // the agent run the shown seqs belong to
+  started: false,
+};
+
+const $ = (id) => document.getElementById(id);
+const roiKey = (b) => `${b.recipe_id || "default"}|${b.role_id}|${b.roi_id}`;
+const fmt = (x, digits = 4) => (x === null || x === undefined ? "—" : Number(x).toFixed(digits));
+const time = (ts) => (ts ? new Date(ts).toLocaleTimeString() : "");
+
+class Unauthorized extends Error {}
+
+// "20261122T101530123Z-3f2a9c1b" (when the memory was fitted) -> "2026-11-22 10:15 UTC".
+function modelDate(version) {
+  const m = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})/.exec(String(version));
+  return m ? `${m[1]}-${m[2]}-${m[3]} ${m[4]}:${m[5]} UTC` : String(version).slice(0, 20);
+}
+
+// -- the API -------------------------------------------------------------------------------
+
+function headers(extra = {}) {
+  return state.key ? { ...extra, "X-API-Key": state.key } : extra;
+}
+
+async function api(path, { allowStatus = [] } = {}) {
+  const response = await fetch(new URL(path, API), { headers: headers(), cache: "no-store" });
+  if (response.status === 401) throw new Unauthorized();
+  if (!response.ok && !allowStatus.includes(response.status)) {
+    throw new Error(`${path}: HTTP ${response.status}`);
+  }
+  return response;
+}
+
+// -- the key -------------------------------------------------------------------------------
+
+function askForKey(wrong) {
+  stopStream();
+  $("app").hidden = true;
+  $("login").hidden = false;
+  $("login-error").hidden = !wrong;
+  $("login-error").textContent = wrong ? "That key was refused. Try again." : "";
+  $("key").focus();
+}
+
+$("login-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  state.key = $("key").value.trim();
+  sessionStorage.setItem(KEY_STORE, state.key);
+  start();
+});
+
+$("forget-key").addEventListener("click", () => {
+  sessionStorage.removeItem(KEY_STORE);
+  state.key = "";
+  $("key").value = "";
+  askForKey(false);
+});
+
+// -- start, snapshot -----------------------------------------------------------------------
+
+async function start() {
+  refreshHealth(); // public: shown even while the key is asked for
+  try {
+    await refreshRois(); // also tells whether a key is needed
+  } catch (e) {
+    if (e instanceof Unauthorized) return askForKey(Boolean(state.key));
+    showUnreachable(e);
+    setTimeout(start, 3000);
+    return;
+  }
+  $("login").hidden = true;
+  $("app").hidden = false;
+  $("forget-key").hidden = !state.key;
+  if (!state.started) {
+    state.started = true;
+    setInterval(refreshHealth, HEALTH_POLL_MS);
+  }
+  openStream();
+}
+
+// What the stream cannot replay: read on every (re)connect and after a "missed" event.
+async function refreshSnapshot() {
+  try {
+    await Promise.all([refreshHealth(), refreshRois(), refreshRecent()]);
+  } catch (e) {
+    if (e instanceof Unauthorized) askForKey(true);
+  }
+}
+
+async function refreshHealth() {
+  try {
+    const response = await api("health", { allowStatus: [503] });
+    showHealth(await response.json());
+  } catch (e) {
+    if (!(e instanceof Unauthorized)) showUnreachable(e);
+  }
+}
+
+async function refreshRois() {
+  const body = await (await api("rois")).json();
+  for (const item of body.rois) upsertRoi(item);
+  renderRois();
+}
+
+async function refreshRecent() {
+  const body = await (await api("recent")).json();
+  for (const verdict of body.verdicts) addVerdict(verdict);
+  verdictsChanged();
+}
+
+// -- health --------------------------------------------------------------------------------
+
+const STATUS_WORDS = { ok: "online", degraded: "online (degraded)", loading: "loading", error: "degraded" };
+
+function showHealth(h) {
+  const pill = $("health");
+  pill.dataset.status = h.status || "unknown";
+  $("health-status").textContent = STATUS_WORDS[h.status] || h.status || "unknown";
+  const parts = [h.runtime && `${h.runtime} ${h.precision || ""}`, h.device, h.weights && `weights ${h.weights}`,
+    `MQTT ${h.mqtt || "—"}`, `queue ${h.queue_size ?? "—"}`, h.version && `v${h.version}`];
+  $("health-detail").textContent = parts.filter(Boolean).join(" · ");
+  const reason = h.reason || (h.error && h.error.message);
+  $("health-reason").hidden = !reason;
+  $("health-reason").textContent = reason ? `Agent ${h.status}: ${reason}` : "";
+}
+
+function showUnreachable(error) {
+  $("health").dataset.status = "unreachable";
+  $("health-status").textContent = "unreachable";
+  $("health-detail").textContent = String(error.message || error);
+}
+
+// -- ROIs ----------------------------------------------------------------------------------
+
+function roiEntry(body) {
+  const key = roiKey(body);
+  if (!state.rois.has(key)) {
+    state.rois.set(key, {
+      key,
+      ids: { recipe_id: body.recipe_id || "default", role_id: body.role_id, roi_id: body.roi_id },
+      state: null,
+      scores: [],
+    });
+  }
+  return state.rois.get(key);
+}
+
+function upsertRoi(body) {
+  const entry = roiEntry(body);
+  entry.state = { ...(entry.state || {}), ...body };
+  if (state.selectedRoi === null) state.selectedRoi = entry.key;
+  return entry;
+}
+
+function renderRois() {
+  const tbody = $("rois").querySelector("tbody");
+  tbody.replaceChildren();
+  const entries = [...state.rois.values()].sort((a, b) => a.key.localeCompare(b.key));
+  for (const entry of entries) {
+    const s = entry.state || {};
+    const last = entry.scores[entry.scores.length - 1];
+    const row = document.createElement("tr");
+    row.dataset.roi = entry.key;
+    row.classList.toggle("selected", entry.key === state.selectedRoi);
+    row.classList.toggle("in-alert", state.alerts.has(entry.key));
+    row.append(
+      cell(`<div class="roi-name"></div><div class="roi-sub"></div>`, (td) => {
+        td.querySelector(".roi-name").textContent = `${entry.ids.role_id} / ${entry.ids.roi_id}`;
+        td.querySelector(".roi-sub").textContent = `recipe ${entry.ids.recipe_id}` +
+          (s.model_version ? ` · model ${modelDate(s.model_version)}` : "");
+        td.title = s.model_version ? `model_version ${s.model_version}` : "";
+      }),
+      cell("", (td) => {
+        td.className = "memory " + (s.fitted ? "yes" : "no");
+        td.textContent = s.fitted ? `fitted · ${s.coreset_size ?? "?"}` : "not fitted";
+      }),
+      cell("", (td) => {
+        td.className = "threshold " + (s.calibrated ? "yes" : "no");
+        td.textContent = s.calibrated ? fmt(s.threshold) : "uncalibrated";
+      }),
+      cell("", (td) => {
+        td.className = "last-score " + (last ? (last.is_anomaly ? "score-ng" : last.is_anomaly === false ? "score-ok" : "") : "");
+        td.textContent = last ? fmt(last.score) : "—";
+      }),
+      cell("", (td) => td.append(sparkline(entry))),
+    );
+    row.addEventListener("click", () => selectRoi(entry.key));
+    tbody.append(row);
+  }
+  $("rois-empty").hidden = entries.length > 0;
+  $("roi-count").textContent = entries.length ? `(${entries.length})` : "";
+  renderDetail();
+}
+
+function cell(html, fill) {
+  const td = document.createElement("td");
+  td.innerHTML = html;
+  fill(td);
+  return td;
+}
+
+function selectRoi(key) {
+  state.selectedRoi = key;
+  renderRois();
+}
+
+// -- verdicts and their pictures -----------------------------------------------------------
+
+function addVerdict(verdict) {
+  if (state.verdicts.some((v) => v.seq === verdict.seq)) return false;
+  state.verdicts.push(verdict);
+  state.verdicts.sort((a, b) => b.seq - a.seq);
+  for (const old of state.verdicts.splice(MAX_VERDICTS)) dropPictures(old.seq);
+  const entry = roiEntry(verdict);
+  entry.scores.push({ seq: verdict.seq, score: verdict.score, threshold: verdict.threshold, is_anomaly: verdict.is_anomaly });
+  entry.scores.sort((a, b) => a.seq - b.seq);
+  entry.scores.splice(0, Math.max(0, entry.scores.length - TREND_POINTS));
+  if (state.selectedRoi === null) state.selectedRoi = entry.key;
+  return true;
+}
+
+// After verdicts came in: the list, the ROI table, and the newest in the viewer when the
+// viewer follows the line.
+function verdictsChanged() {
+  const newest = state.verdicts[0];
+  if (newest && $("follow").checked && newest.seq !== state.shownSeq) showVerdict(newest.seq);
+  else renderVerdicts();
+  renderRois();
+}
+
+function dropPictures(seq) {
+  const pictures = state.pictures.get(seq);
+  state.pictures.delete(seq);
+  for (const promise of Object.values(pictures || {})) {
+    promise.then((url) => url && URL.revokeObjectURL(url));
+  }
+}
+
+// A picture of a recent verdict as an object URL (an img cannot send X-API-Key); null
+// when the agent no longer has it (evicted) or never had it (no heatmap).
+function picture(seq, kind) {
+  if (!state.pictures.has(seq)) state.pictures.set(seq, {});
+  const pictures = state.pictures.get(seq);
+  if (!pictures[kind]) {
+    pictures[kind] = fetch(new URL(`recent/${seq}/${kind}.png`, API), { headers: headers() })
+      .then(async (response) => (response.ok ? URL.createObjectURL(await response.blob()) : null))
+      .catch(() => null);
+  }
+  return pictures[kind];
+}
+
+function renderVerdicts() {
+  const list = $("verdicts");
+  list.replaceChildren();
+  for (const v of state.verdicts) {
+    const item = document.createElement("li");
+    item.className = "verdict" + (v.seq === state.shownSeq ? " shown" : "");
+    item.dataset.seq = v.seq;
+    const img = document.createElement("img");
+    img.alt = `ROI image of verdict ${v.seq}`;
+    picture(v.seq, "image").then((url) => { if (url) img.src = url; });
+    const what = document.createElement("div");
+    what.className = "what";
+    what.innerHTML = `<div class="roi-name"></div><div class="scores"></div><div class="muted small"></div>`;
+    const [name, scores, when] = what.children;
+    name.textContent = `${v.role_id} / ${v.roi_id}`;
+    scores.textContent = `score ${fmt(v.score)} · threshold ${fmt(v.threshold)}`;
+    when.textContent = `${time(v.ts)} · ${v.source || ""} · #${v.seq}`;
+    item.append(img, what, badge(v));
+    item.addEventListener("click", () => {
+      $("follow").checked = false;
+      showVerdict(v.seq);
+    });
+    list.append(item);
+  }
+  $("verdict-count").textContent = state.verdicts.length ? `(${state.verdicts.length})` : "";
+}
+
+function badge(v) {
+  const span = document.createElement("span");
+  const kind = v.is_anomaly === true ? "ng" : v.is_anomaly === false ? "ok" : "none";
+  span.className = `badge ${kind}`;
+  span.textContent = { ng: "NG", ok: "OK", none: "no threshold" }[kind];
+  return span;
+}
+
+// -- the viewer: the ROI image with its heatmap over it ------------------------------------
+
+const viewer = { seq: null, image: null, heat: null };
+
+async function showVerdict(seq) {
+  state.shownSeq = seq;
+  const v = state.verdicts.find((x) => x.seq === seq);
+  if (!v) return;
+  renderVerdicts();
+  $("viewer-title").textContent = `#${v.seq} · ${v.role_id} / ${v.roi_id}`;
+  showFacts(v);
+  const [imageUrl, heatUrl] = await Promise.all([picture(seq, "image"), picture(seq, "heatmap")]);
+  if (state.shownSeq !== seq) return; // another verdict was chosen meanwhile
+  viewer.seq = seq;
+  viewer.image = imageUrl ? await loadImage(imageUrl) : null;
+  viewer.heat = heatUrl ? colourise(await loadImage(heatUrl)) : null;
+  drawViewer();
+}
+
+function showFacts(v) {
+  const facts = [
+    ["verdict", v.is_anomaly === true ? "NG" : v.is_anomaly === false ? "OK" : "no threshold"],
+    ["score", fmt(v.score)], ["threshold", fmt(v.threshold)], ["regions", v.n_regions ?? "—"],
+    ["largest region", v.max_area_mm2 === null || v.max_area_mm2 === undefined ? "—" : `${fmt(v.max_area_mm2, 2)} mm²`],
+    ["source", v.source || "—"], ["time", time(v.ts)], ["request", v.request_id || "—"],
+  ];
+  $("viewer-facts").replaceChildren(...facts.map(([k, value]) => {
+    const div = document.createElement("div");
+    const dt = document.createElement("dt");
+    const dd = document.createElement("dd");
+    dt.textContent = k;
+    dd.textContent = value;
+    if (k === "verdict") dd.className = v.is_anomaly ? "score-ng" : v.is_anomaly === false ? "score-ok" : "";
+    div.append(dt, dd);
+    return div;
+  }));
+}
+
+function loadImage(url) {
+  return new Promise((resolve) => {
+    const img = new Image();
+    img.onload = () => resolve(img);
+    img.onerror = () => resolve(null);
+    img.src = url;
+  });
+}
+
+// The grayscale heatmap (128 = at the threshold) as colours whose opacity grows with the
+// value: clear far below the threshold, cool and faint near it, hot and solid above it.
+const RAMP = [[0, 0, 255], [0, 200, 255], [255, 224, 0], [255, 120, 0], [255, 0, 0]];
+
+function colourise(img) {
+  if (!img) return null;
+  const canvas = document.createElement("canvas");
+  canvas.width = img.naturalWidth;
+  canvas.height = img.naturalHeight;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(img, 0, 0);
+  const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height);
+  const d = pixels.data;
+  for (let i = 0; i < d.length; i += 4) {
+    const t = d[i] / 255;
+    const at = t * (RAMP.length - 1);
+    const lo = Math.min(Math.floor(at), RAMP.length - 2);
+    const f = at - lo;
+    for (let c = 0; c < 3; c++) d[i + c] = RAMP[lo][c] + (RAMP[lo + 1][c] - RAMP[lo][c]) * f;
+    d[i + 3] = 255 * Math.min(1, Math.max(0, (t - 0.2) / 0.4));
+  }
+  ctx.putImageData(pixels, 0, 0);
+  return canvas;
+}
+
+function drawViewer() {
+  const canvas = $("view");
+  const ctx = canvas.getContext("2d");
+  const base = viewer.image || viewer.heat;
+  $("viewer-empty").hidden = Boolean(base);
+  canvas.dataset.seq = viewer.seq ?? "";
+  canvas.dataset.heatmap = viewer.heat ? "yes" : "no";
+  if (!base) {
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    return;
+  }
+  const width = base.naturalWidth || base.width;
+  const height = base.naturalHeight || base.height;
+  canvas.width = width;
+  canvas.height = height;
+  ctx.globalAlpha = 1;
+  if (viewer.image) ctx.drawImage(viewer.image, 0, 0, width, height);
+  if (viewer.heat) {
+    // The heatmap has the infer input's size, the image at most 512 px: stretched to fit.
+    ctx.globalAlpha = Number($("opacity").value) / 100;
+    ctx.drawImage(viewer.heat, 0, 0, width, height);
+    ctx.globalAlpha = 1;
+  }
+}
+
+$("opacity").addEventListener("input", drawViewer);
+$("follow").addEventListener("change", () => {
+  if ($("follow").checked && state.verdicts.length) showVerdict(state.verdicts[0].seq);
+});
+
+// -- alerts --------------------------------------------------------------------------------
+
+function onAlert(alert, seq) {
+  const key = roiKey(alert);
+  if (alert.kind === "cleared") state.alerts.delete(key);
+  else state.alerts.set(key, alert);
+  const item = document.createElement("li");
+  item.className = `alert ${alert.kind === "cleared" ? "cleared" : "on"}`;
+  item.dataset.seq = seq;
+  const roi = `${alert.role_id} / ${alert.roi_id}`;
+  item.textContent = alert.kind === "cleared"
+    ? `${roi}: cleared, an OK verdict ended the run`
+    : `${roi}: ${alert.count} anomalous verdicts in a row`;
+  const when = document.createElement("div");
+  when.className = "when";
+  const since = alert.since ? `since ${time(alert.since)} · ` : "";
+  const request = alert.last_request_id ? ` · last request ${alert.last_request_id}` : "";
+  when.textContent = `${since}recipe ${alert.recipe_id || "default"}${request}`;
+  item.append(when);
+  $("alerts").prepend(item);
+  while ($("alerts").children.length > 30) $("alerts").lastChild.remove();
+  $("alerts-empty").hidden = true;
+  renderAlertBanner();
+  renderRois();
+}
+
+function renderAlertBanner() {
+  const active = [...state.alerts.values()];
+  $("alert-banner").hidden = active.length === 0;
+  $("alert-banner").textContent = active.length
+    ? "ALERT · " + active.map((a) => `${a.role_id} / ${a.roi_id}: ${a.count} anomalous in a row`).join(" · ")
+    : "";
+}
+
+// -- charts (inline SVG) -------------------------------------------------------------------
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs = {}, text) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+function thresholdOf(entry) {
+  const s = entry.state || {};
+  if (s.calibrated && s.threshold !== null && s.threshold !== undefined) return s.threshold;
+  const last = entry.scores[entry.scores.length - 1];
+  return last ? last.threshold : null;
+}
+
+function sparkline(entry) {
+  const el = svg("svg", { class: "spark", viewBox: "0 0 90 26" });
+  const points = entry.scores.slice(-SPARK_POINTS);
+  if (!points.length) return el;
+  const thr = thresholdOf(entry);
+  const top = Math.max(...points.map((p) => p.score), thr ?? 0) * 1.1 || 1;
+  const x = (i) => (points.length === 1 ? 45 : 3 + (i * 84) / (points.length - 1));
+  const y = (v) => 24 - (v / top) * 22;
+  if (thr !== null && thr !== undefined) el.append(svg("line", { x1: 0, x2: 90, y1: y(thr), y2: y(thr), stroke: "#e3b341", "stroke-dasharray": "3 2" }));
+  el.append(svg("polyline", { points: points.map((p, i) => `${x(i)},${y(p.score)}`).join(" "), fill: "none", stroke: "#58a6ff", "stroke-width": 1.5 }));
+  const last = points[points.length - 1];
+  el.append(svg("circle", { cx: x(points.length - 1), cy: y(last.score), r: 2.5, fill: last.is_anomaly ? "#f85149" : "#3fb950" }));
+  return el;
+}
+
+function renderDetail() {
+  const entry = state.rois.get(state.selectedRoi);
+  $("detail-title").textContent = entry ? `${entry.ids.role_id} / ${entry.ids.roi_id}` : "";
+  drawTrend(entry);
+  drawCalibration(entry);
+}
+
+function drawTrend(entry) {
+  const el = $("trend");
+  el.replaceChildren();
+  const W = 600, H = 200, L = 48, R = 10, T = 12, B = 22;
+  const points = entry ? entry.scores : [];
+  if (!points.length) {
+    el.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, entry ? "no verdict for this ROI yet" : "select a ROI"));
+    return;
+  }
+  const thr = thresholdOf(entry);
+  const top = Math.max(...points.map((p) => p.score), thr ?? 0) * 1.15 || 1;
+  const x = (i) => (points.length === 1 ? (L + W - R) / 2 : L + (i * (W - L - R)) / (points.length - 1));
+  const y = (v) => H - B - (v / top) * (H - T - B);
+  el.append(svg("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }), svg("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
+  for (const v of [0, top / 2, top]) el.append(svg("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" }, fmt(v, 3)));
+  el.append(svg("text", { x: W - R, y: H - 6, "text-anchor": "end" }, `last ${points.length} verdict${points.length === 1 ? "" : "s"}`));
+  if (thr !== null && thr !== undefined) {
+    el.append(svg("line", { class: "threshold", x1: L, x2: W - R, y1: y(thr), y2: y(thr) }));
+    el.append(svg("text", { class: "threshold-label", x: L + 4, y: y(thr) - 4 }, `threshold ${fmt(thr)}`));
+  }
+  el.append(svg("polyline", { class: "trend-line", points: points.map((p, i) => `${x(i)},${y(p.score)}`).join(" ") }));
+  points.forEach((p, i) => {
+    const kind = p.is_anomaly === true ? "ng" : p.is_anomaly === false ? "ok" : "none";
+    const dot = svg("circle", { class: `pt-${kind}`, cx: x(i), cy: y(p.score), r: 3.5 });
+    dot.append(svg("title", {}, `#${p.seq}: ${fmt(p.score)}`));
+    el.append(dot);
+  });
+}
+
+// The calibration as the agent stores it: the OK scores' mean and p99 (the
+// score_percentile), the NG scores' p5 and mean, and the threshold between them. The
+// per-sample scores are not stored, so the bands span those summary numbers; the ticks
+// at the bottom are this ROI's recent verdict scores.
+const calibrations = new Map(); // roi key -> manifest calibration (null: none)
+const calibrationsLoading = new Set();
+
+async function loadCalibration(entry) {
+  if (calibrationsLoading.has(entry.key)) return;
+  calibrationsLoading.add(entry.key);
+  try {
+    const query = new URLSearchParams({ ...entry.ids });
+    const response = await api(`manifest?${query}`, { allowStatus: [400, 404] });
+    const body = await response.json();
+    calibrations.set(entry.key, response.ok ? body.calibration || null : null);
+  } catch (e) {
+    if (e instanceof Unauthorized) askForKey(true);
+    return;
+  } finally {
+    calibrationsLoading.delete(entry.key);
+  }
+  if (entry.key === state.selectedRoi) drawCalibration(entry);
+}
+
+function drawCalibration(entry) {
+  const el = $("calibration");
+  el.replaceChildren();
+  const W = 600, H = 150, L = 64, R = 28;
+  const calibrated = Boolean(entry && entry.state && entry.state.calibrated);
+  const c = calibrated ? calibrations.get(entry.key) : null;
+  const note = $("calibration-note");
+  if (!entry || !c) {
+    const text = !entry ? "select a ROI" : c === undefined ? "loading…" : "not calibrated (POST /calibrate_ng)";
+    el.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, text));
+    note.textContent = "";
+    if (c === undefined) loadCalibration(entry);
+    return;
+  }
+  const scores = entry.scores.map((p) => p.score);
+  const values = [c.threshold, c.ok_mean, c.p99_ok, c.p5_ng, c.ng_mean, ...scores].filter((v) => v !== null && v !== undefined);
+  const top = Math.max(...values) * 1.1 || 1;
+  const x = (v) => L + (v / top) * (W - L - R);
+  el.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: 120, y2: 120 }));
+  for (const v of [0, top / 2, top]) el.append(svg("text", { x: x(v), y: 136, "text-anchor": "middle" }, fmt(v, 3)));
+  const band = (cls, label, lo, hi, y) => {
+    if (lo === null || lo === undefined || hi === null || hi === undefined) return;
+    const a = Math.min(lo, hi), b = Math.max(lo, hi);
+    el.append(svg("rect", { class: cls, x: x(a), y, width: Math.max(3, x(b) - x(a)), height: 26, rx: 3 }));
+    el.append(svg("text", { x: L - 6, y: y + 17, "text-anchor": "end" }, label));
+  };
+  band("band-ok", `OK (${c.n_ok ?? "?"})`, c.ok_mean, c.p99_ok, 22);
+  band("band-ng", `NG (${c.n_ng ?? 0})`, c.p5_ng, c.ng_mean, 62);
+  el.append(svg("line", { class: "threshold", x1: x(c.threshold), x2: x(c.threshold), y1: 8, y2: 122 }));
+  el.append(svg("text", { class: "threshold-label", x: x(c.threshold) + 4, y: 16 }, `threshold ${fmt(c.threshold)}`));
+  if (scores.length) el.append(svg("text", { x: L - 6, y: 116, "text-anchor": "end" }, "recent"));
+  for (const s of scores) el.append(svg("line", { class: "rug", x1: x(s), x2: x(s), y1: 104, y2: 118 }));
+  const ng = c.n_ng ? `NG p5 ${fmt(c.p5_ng)} – mean ${fmt(c.ng_mean)}` : "no NG scores";
+  note.textContent = `OK mean ${fmt(c.ok_mean)} – p${c.score_percentile ?? 99} ${fmt(c.p99_ok)}; ${ng}; ` +
+    `threshold ${fmt(c.threshold)} (${c.method || "calibrated"}). The agent keeps these summary numbers, ` +
+    "not each calibration score; the ticks are this ROI's recent verdict scores.";
+}
+
+// -- the event stream: fetch() and the SSE parser of sse.js --------------------------------
+
+function setLive(mode, text) {
+  $("live").dataset.state = mode;
+  $("live-text").textContent = text;
+}
+
+function stopStream() {
+  if (state.stream) state.stream.abort();
+  state.stream = null;
+}
+
+async function openStream() {
+  stopStream();
+  const control = new AbortController();
+  state.stream = control;
+  let retryMs = 3000;
+  while (state.stream === control) {
+    try {
+      const extra = { Accept: "text/event-stream" };
+      if (state.lastEventId !== null) extra["Last-Event-ID"] = state.lastEventId;
+      const response = await fetch(new URL("events", API), { headers: headers(extra), signal: control.signal, cache: "no-store" });
+      if (response.status === 401) return askForKey(true);
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const parser = new SseParser({
+        onEvent: (e) => {
+          if (e.lastEventId !== null) state.lastEventId = e.lastEventId;
+          onEvent(e);
+        },
+        onComment: (text) => {
+          // The first frame: subscribed, so whatever happens from now on will come.
+          if (text.startsWith("connected")) {
+            const boot = (/boot (\S+),/.exec(text) || [])[1] || null;
+            if (state.boot !== null && boot !== state.boot) forgetRun();
+            state.boot = boot;
+            setLive("live", "live");
+            refreshSnapshot();
+          }
+        },
+        onRetry: (ms) => { retryMs = ms; },
+      });
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        parser.push(value);
+      }
+    } catch (error) {
+      if (control.signal.aborted) return;
+    }
+    if (state.stream !== control) return;
+    setLive("reconnecting", "reconnecting…");
+    await new Promise((resolve) => setTimeout(resolve, retryMs));
+  }
+}
+
+// The agent restarted: its seqs begin again, so what is shown names other verdicts.
+function forgetRun() {
+  for (const v of state.verdicts) dropPictures(v.seq);
+  state.verdicts = [];
+  state.shownSeq = null;
+  state.alerts.clear();
+  for (const entry of state.rois.values()) entry.scores = [];
+  Object.assign(viewer, { seq: null, image: null, heat: null });
+  drawViewer();
+  renderAlertBanner();
+  renderVerdicts();
+  renderRois();
+}
+
+function onEvent(e) {
+  let body;
+  try {
+    body = JSON.parse(e.data);
+  } catch {
+    return;
+  }
+  if (e.type === "verdict") {
+    if (addVerdict(body)) verdictsChanged();
+  } else if (e.type === "alert") {
+    onAlert(body, e.lastEventId);
+  } else if (e.type === "state") {
+    upsertRoi(body);
+    calibrations.delete(roiKey(body)); // read again when shown
+    renderRois();
+  } else if (e.type === "health") {
+    showHealth(body);
+  } else if (e.type === "missed") {
+    refreshSnapshot(); // what the stream could not give back
+  }
+}
+
+// Exposed for diagnosis from the browser's console (and the end-to-end test).
+window.bdiConsole = {
+  state,
+  reconnect: openStream,
+  disconnect() {
+    stopStream();
+    setLive("off", "stream off");
+  },
+};
+
+start();
