@@ -53,7 +53,7 @@ def standalone_env(data_root: Path) -> dict[str, str]:
 @pytest.fixture
 def two_workers(tmp_path: Path) -> Iterator[str]:
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "adapters.http.adapter:app", "--workers", "2"]
+    command = [sys.executable, "-m", "uvicorn", "adapters.http:app", "--workers", "2"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     log = tmp_path / "uvicorn.log"
     with log.open("w") as sink:

@@ -36,8 +36,10 @@ def imported_names(tree: ast.AST, package: str) -> set[str]:
             if node.level:
                 base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1]])
                 base = f"{base}.{node.module}" if node.module else base
-            names.add(base)
+            # ``from a import b``: ``a.b`` when b is a module (only ``a``'s __init__ runs
+            # first, as for any submodule), else a name defined in ``a``.
             names.update(f"{base}.{alias.name}" for alias in node.names)
+            names.update(f"{base}:{alias.name}" for alias in node.names)
         for child in ast.iter_child_nodes(node):
             visit(child)
 
@@ -52,7 +54,13 @@ def import_graph() -> dict[str, set[str]]:
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         tree = ast.parse(path.read_text(), str(path))
-        graph[name] = {m for m in imported_names(tree, package) if m in modules and m != name}
+        found = imported_names(tree, package)
+        targets = {m for m in found if ":" not in m}
+        # A name imported from a module (not a submodule): an edge to that module.
+        targets |= {
+            m.split(":")[0] for m in found if ":" in m and m.replace(":", ".") not in modules
+        }
+        graph[name] = {m for m in targets if m in modules and m != name}
     return graph
 
 
@@ -94,7 +102,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_checker_sees_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     tree = ast.parse("def f():\n    from agent import bus\nif TYPE_CHECKING:\n    import x\n")
-    assert imported_names(tree, "agent") == {"agent", "agent.bus", "x"}
+    assert imported_names(tree, "agent") == {"agent.bus", "agent:bus", "x"}
 
 
 def test_no_module_imports_itself_back() -> None:
