@@ -128,7 +128,7 @@ def test_a_fit_through_one_worker_serves_an_infer_through_the_other(
 
 def test_importing_the_module_does_no_work(tmp_path: Path) -> None:
     code = (
-        "import threading, adapters.http as h;"
+        "import threading, adapters.http, adapters.http.adapter as h;"
         "assert threading.active_count() == 1, threading.enumerate();"
         "assert h._standalone is None"
     )
