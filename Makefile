@@ -9,7 +9,7 @@ NGINX_DIR := $(VENV)/tools/nginx
 # Extra options for the demo, e.g. make demo DEMO_ARGS="--mqtt-port 1883 --interval 1"
 DEMO_ARGS ?=
 
-.PHONY: venv mosquitto nginx test lint bench soak reliability-report run demo clean
+.PHONY: venv mosquitto chromium nginx test lint bench soak reliability-report run demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ mosquitto:
 	  echo "installing mosquitto (apt-get)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients; }
 
+# The operators' console test drives this browser (Playwright, which downloads nothing).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 # Only for the deploy test's `nginx -t`: the distribution's package is unpacked into
 # .venv/tools (no root, no service started, nothing installed system-wide). Where that is
 # impossible (no apt, no network) the test is skipped, never failed.
@@ -38,7 +44,7 @@ nginx:
 	  mkdir -p $(NGINX_DIR) && dpkg -x $$tmp/nginx_*.deb $(NGINX_DIR) && echo "nginx unpacked into $(NGINX_DIR)" \
 	  || echo "nginx unavailable: the nginx -t test will be skipped"; rm -rf $$tmp; }
 
-test: venv mosquitto nginx
+test: venv mosquitto chromium nginx
 	$(PY) -m pytest -q
 
 lint: venv

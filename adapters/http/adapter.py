@@ -103,7 +103,13 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def create_app(agent: Agent, lifespan: Any = None) -> FastAPI:
     """The API over ``agent``'s bus. Nothing starts here; serve it with uvicorn."""
-    from adapters.http import routes_datasets, routes_inspect, routes_status
+    from adapters.http import (
+        routes_console,
+        routes_datasets,
+        routes_events,
+        routes_inspect,
+        routes_status,
+    )
 
     app = FastAPI(
         title="BrakeDisc Inspector edge agent",
@@ -116,7 +122,7 @@ def create_app(agent: Agent, lifespan: Any = None) -> FastAPI:
     app.state.agent = agent
     app.state.last_fit = routes_status.LastFit(agent)
     agent.services.roi_listeners.append(app.state.last_fit)
-    for module in (routes_status, routes_inspect, routes_datasets):
+    for module in (routes_status, routes_inspect, routes_datasets, routes_events, routes_console):
         app.include_router(module.router)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_error)
@@ -212,6 +218,9 @@ class HttpAdapter:
             self._sock.close()
             self._sock = None
         if self._server is not None:
+            from adapters.http.routes_events import close_streams
+
+            close_streams(self.app)  # an open event stream would hold the exit for its grace
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout)
