@@ -341,8 +341,9 @@ class MqttAdapter:
 
     def _send_health(self, health: Mapping[str, Any]) -> None:
         """The retained ``health`` body, then the status it means."""
-        health_topic = f"{self.topics.prefix}/health"
-        self.outbox.publish(health_topic, json_payload(dict(health)), retain=True, expiry=False)
+        self.outbox.publish(
+            self.topics.health, json_payload(dict(health)), retain=True, expiry=False
+        )
         status = agent_status(health).encode()
         self.outbox.publish(self.topics.status, status, retain=True, expiry=False)
 

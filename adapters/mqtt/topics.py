@@ -39,6 +39,10 @@ class Topics:
         return f"{self.prefix}/status"
 
     @property
+    def health(self) -> str:
+        return f"{self.prefix}/health"
+
+    @property
     def stats(self) -> str:
         return f"{self.prefix}/stats"
 

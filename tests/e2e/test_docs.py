@@ -85,7 +85,7 @@ def test_every_environment_name_is_a_setting(doc: str) -> None:
 def _code_topics() -> list[list[str]]:
     """The topics the adapter uses, ``*`` for each variable level."""
     own = Topics.of("bdi", "*", "*", None)
-    topics = [own.status, own.stats, own.result("*"), own.result("*", via_pool=True)]
+    topics = [own.status, own.health, own.stats, own.result("*"), own.result("*", via_pool=True)]
     topics += [own.roi("*", "*", leaf) for leaf in ("state", "last", "alert")]
     topics += [t.replace("+", "*") for t in own.subscriptions()]
     return [t.split("/") for t in topics]
