@@ -36,9 +36,7 @@ def start_agent(data: Path, broker: Broker, **env: str) -> HttpAgent:
     )
 
 
-def test_a_command_sent_at_the_first_status_is_served(
-    fresh_broker: Broker, tmp_path: Path
-) -> None:
+def test_a_command_sent_at_the_first_status_is_served(fresh_broker: Broker, tmp_path: Path) -> None:
     images = [b64(encode_png(d.image)) for d in make_set(seed=3, n_ok=4, size=112)]
     watcher = Client(fresh_broker.port, client_id="plc", subscribe=(f"{PREFIX}/#",))
     agent = start_agent(tmp_path / "data", fresh_broker)

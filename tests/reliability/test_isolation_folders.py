@@ -77,7 +77,8 @@ def test_a_sidecar_request_id_reused_for_other_images_is_no_repeat(
     listing = agent.bus.execute(
         parse_command("dataset_list", {"role_id": "r", "roi_id": "i", "label": "ok"}, "test")
     )
-    assert listing.body is not None and listing.body["datasets"]["ok"]["count"] == 1  # one took the id
+    assert listing.body is not None
+    assert listing.body["datasets"]["ok"]["count"] == 1  # one took the id
     errors = [read_json(p)["error"] for p in failed(data)]
     assert len(errors) == 2
     assert all(e["kind"] == "bad_request" and "already used" in e["message"] for e in errors)
