@@ -58,6 +58,7 @@ def test_unreachable_broker_and_unwritable_root_fail_then_pass_once_fixed(
         broker.stop()
     assert checks["data_root"].status == OK and "writable" in checks["data_root"].message
     assert checks["broker"].status == OK and "connected to" in checks["broker"].message
+    assert "the agent uses MQTT 5" in checks["broker"].message
     assert checks["http_port"].status == OK and checks["device"].status == OK
     assert checks["weights"].status == WARN and "random" in checks["weights"].message
     assert not failed(list(checks.values()))
