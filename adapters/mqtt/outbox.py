@@ -10,6 +10,9 @@ While the broker is away (``online`` false) messages go to the disk spool. On co
 retained ROI states are spooled behind the older messages, the spool is flushed in order,
 and only then do messages go straight out: a consumer that sees ``online`` sees a complete
 picture. A spooled message that can never be published is moved aside, never retried.
+
+On an MQTT 3.1.1 connection (a broker that refuses MQTT 5) messages go out without v5
+properties: no message expiry, no CorrelationData.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ Task = Callable[[], None]
 class Outbox:
     def __init__(self, client: mqtt.Client, spool: Spool, bus: Bus, result_expiry_s: int) -> None:
         self.client = client
+        self.v5 = True  # the client speaks MQTT 5: publish with expiry and correlation
         self.spool = spool
         self.bus = bus
         self.result_expiry_s = result_expiry_s
@@ -91,6 +95,12 @@ class Outbox:
             _run_task(task)
 
     # -- connection state (called on paho's thread: no lock, no publish) -----------------
+
+    def use_client(self, client: mqtt.Client, v5: bool) -> None:
+        """Publish through ``client`` from now on (the adapter replaced its client to
+        speak another protocol version). Called on the outbox thread, while offline."""
+        self.client = client
+        self.v5 = v5
 
     def went_offline(self) -> None:
         # The generation moves before the flag: a flush that sets ``online`` then checks
@@ -148,7 +158,7 @@ class Outbox:
             self._spool_changed()
             return True
         properties = None
-        if expiry_s is not None or correlation is not None:
+        if self.v5 and (expiry_s is not None or correlation is not None):
             properties = Properties(PacketTypes.PUBLISH)
             if expiry_s is not None:
                 properties.MessageExpiryInterval = expiry_s
@@ -204,12 +214,14 @@ class Outbox:
             self.spool.set_aside(message.path, f"topic {ascii(message.topic)[:200]}: {problem}")
             return None
         try:
-            properties = Properties(PacketTypes.PUBLISH)
-            if message.expiry_s is not None:
-                remaining = max(1, int(message.expiry_s - (now - message.spooled_at)))
-                properties.MessageExpiryInterval = remaining
-            if message.response_correlation:
-                properties.CorrelationData = bytes.fromhex(message.response_correlation)
+            properties = None
+            if self.v5:
+                properties = Properties(PacketTypes.PUBLISH)
+                if message.expiry_s is not None:
+                    remaining = max(1, int(message.expiry_s - (now - message.spooled_at)))
+                    properties.MessageExpiryInterval = remaining
+                if message.response_correlation:
+                    properties.CorrelationData = bytes.fromhex(message.response_correlation)
             return self.client.publish(
                 message.topic,
                 message.payload,
