@@ -1,6 +1,7 @@
 """MQTT adapter (contract section 5): commands in, replies, verdicts and state out.
 
-paho-mqtt 2 with MQTT v5; callbacks only validate and enqueue, the engine runs on the
+paho-mqtt 2 with MQTT v5, or 3.1.1 for this run once the broker shows it speaks only that
+(``_fall_back``); callbacks only validate and enqueue, the engine runs on the
 agent's worker, and everything outgoing is published by the outbox's own thread
 (``adapters.mqtt.outbox``): replies produced while the broker is away go to a disk spool
 and are published in order after reconnect.
@@ -9,7 +10,6 @@ and are published in order after reconnect.
 from __future__ import annotations
 
 import json
-import ssl
 import sys
 import threading
 import time
@@ -18,17 +18,20 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
+from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
+from adapters.mqtt.broker_probe import accepts_v5, secure
 from adapters.mqtt.outbox import Outbox
 from adapters.mqtt.repeats import RecentReplies, Sent, repeat_key
 from adapters.mqtt.spool import Spool, spool_folder
 from adapters.mqtt.topics import (
     Topics,
+    add_heatmaps,
     envelope,
     error_envelope,
-    add_heatmaps,
     json_payload,
     publish_topic_problem,
 )
@@ -42,6 +45,14 @@ from agent.request_digest import request_digest
 from engine.keys import RoiKey
 
 log = structlog.get_logger("adapters.mqtt")
+
+# What paho reports when a 3.1.1 broker answers a v5 CONNECT ("unacceptable protocol
+# version", return code 1 in 3.1.1).
+V5_REFUSED = ReasonCode(PacketTypes.CONNACK, "Unsupported protocol version")
+# Some 3.1.1 brokers never answer a v5 CONNECT: they close the connection, or misread it and
+# wait until paho's keepalive gives up. Once is not proof (a broker restarting does it too),
+# and a broker that once answered MQTT 5 in this run is never suspected again.
+UNANSWERED_V5_BEFORE_FALLBACK = 2
 
 
 class MqttAdapter:
@@ -64,29 +75,39 @@ class MqttAdapter:
         self._stop = threading.Event()
         self._stats_thread: threading.Thread | None = None
         self._last_failure: str | None = None  # the last connection failure logged
+        # MQTT 5 until the broker shows it speaks only 3.1.1, then 3.1.1 for this run.
+        self.protocol: MQTTProtocolVersion = mqtt.MQTTv5
+        self._connack_seen = False  # on the current connection attempt
+        self._unanswered_v5 = 0  # v5 CONNECTs in a row closed without a CONNACK
+        self._v5_answered = False  # the broker answered a v5 CONNECT in this run
+        self._v311_on_trial = False  # tried after unanswered v5 CONNECTs, not yet answered
+        self._v311_said = False  # the fallback is logged once
         self.client = self._make_client()
         self.outbox = Outbox(self.client, self.spool, agent.bus, self.cfg.result_expiry_s)
 
     # -- lifecycle ----------------------------------------------------------------
 
+    @property
+    def protocol_name(self) -> str:
+        return "5" if self.protocol == mqtt.MQTTv5 else "3.1.1"
+
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"bdi-agent-{self.settings.agent_id}",
-            protocol=mqtt.MQTTv5,
-        )
-        client.will_set(self.topics.status, b"offline", qos=1, retain=True)
-        if self.cfg.username:
-            client.username_pw_set(self.cfg.username, self.cfg.password)
-        tls = self.cfg.tls
-        if tls.ca_file:
-            client.tls_set(
-                ca_certs=str(tls.ca_file),
-                certfile=str(tls.cert_file) if tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
+        client_id = f"bdi-agent-{self.settings.agent_id}"
+        if self.protocol == mqtt.MQTTv5:
+            client = mqtt.Client(
+                mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
             )
-            client.tls_insecure_set(tls.insecure)
+        else:
+            # 3.1.1 has no session expiry: a persistent session is what keeps the commands
+            # sent while the agent reconnects.
+            client = mqtt.Client(
+                mqtt.CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                protocol=mqtt.MQTTv311,
+                clean_session=False,
+            )
+        client.will_set(self.topics.status, b"offline", qos=1, retain=True)
+        secure(client, self.cfg)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
@@ -101,16 +122,7 @@ class MqttAdapter:
         self.agent.bus.mqtt_state = "disconnected"
         self.agent.bus.spool_size = self.spool.size
         self.outbox.start()
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = self.cfg.session_expiry_s
-        self.client.connect_async(
-            self.cfg.host,
-            self.cfg.port,
-            keepalive=self.cfg.keepalive_s,
-            clean_start=False,
-            properties=properties,
-        )
-        self.client.loop_start()
+        self._connect()
         self._stats_thread = threading.Thread(
             target=self._stats_loop, name="mqtt-stats", daemon=True
         )
@@ -121,6 +133,22 @@ class MqttAdapter:
             port=self.cfg.port,
             prefix=self.topics.prefix,
         )
+
+    def _connect(self) -> None:
+        """Connect in the background (paho retries) with the protocol in use."""
+        if self.protocol == mqtt.MQTTv5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self.cfg.session_expiry_s
+            self.client.connect_async(
+                self.cfg.host,
+                self.cfg.port,
+                keepalive=self.cfg.keepalive_s,
+                clean_start=False,
+                properties=properties,
+            )
+        else:  # clean_session=False is set on the 3.1.1 client
+            self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        self.client.loop_start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -140,6 +168,16 @@ class MqttAdapter:
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
+        if client is not self.client:
+            return  # a client being replaced
+        self._connack_seen = True
+        if self.protocol == mqtt.MQTTv5:
+            if reason == V5_REFUSED:
+                self._fall_back(client, f"the broker refused MQTT 5 ({reason})")
+                return
+            self._unanswered_v5 = 0
+            self._v5_answered = True
+        on_trial, self._v311_on_trial = self._v311_on_trial, False
         if reason.is_failure:
             log.error(
                 "mqtt connection refused",
@@ -149,6 +187,16 @@ class MqttAdapter:
                 username=self.cfg.username,
             )
             return
+        if on_trial:  # the probe takes a moment: not on paho's thread
+            threading.Thread(
+                target=self._confirm_v311, args=(client,), name="mqtt-v5-probe", daemon=True
+            ).start()
+            return
+        if self.protocol == mqtt.MQTTv311:
+            self._say_v311()
+        self._serve(client)
+
+    def _serve(self, client: mqtt.Client) -> None:
         for topic in self.topics.subscriptions():
             client.subscribe(topic, qos=1)
         # Retained states and health first, then the spool in order, then the status
@@ -181,6 +229,70 @@ class MqttAdapter:
         self.agent.bus.metrics.mqtt_connected.set(0)
         if not self._stop.is_set():
             log.warning("mqtt disconnected; replies go to the spool", reason=str(reason))
+        if client is not self.client or self._stop.is_set():
+            return
+        answered, self._connack_seen = self._connack_seen, False
+        if answered:
+            return
+        # The broker closed the connection, or let the keepalive run out, without a CONNACK.
+        if self.protocol == mqtt.MQTTv5 and not self._v5_answered:
+            self._unanswered_v5 += 1
+            if self._unanswered_v5 >= UNANSWERED_V5_BEFORE_FALLBACK:
+                why = f"{self._unanswered_v5} MQTT 5 CONNECTs in a row got no answer ({reason})"
+                self._v311_on_trial = True
+                self._fall_back(client, why)
+        elif self._v311_on_trial:
+            # Not a protocol matter: the broker answers nothing. Back to MQTT 5.
+            log.warning("mqtt broker did not answer MQTT 3.1.1 either; back to MQTT 5")
+            self._switch(client, mqtt.MQTTv5)
+
+    def _confirm_v311(self, client: mqtt.Client) -> None:
+        """3.1.1 was accepted after unanswered v5 CONNECTs: stay on it (and serve) only if
+        the broker, up now, does not take MQTT 5 either (it was maybe frozen, or down behind
+        a proxy)."""
+        probe_id = f"bdi-agent-{self.settings.agent_id}-v5-probe"
+        v5 = accepts_v5(self.cfg, probe_id, min(self.cfg.keepalive_s, 10))
+        if client is not self.client or self._stop.is_set():
+            return  # the connection it was about is gone
+        if not v5:
+            self._say_v311()
+            if client.is_connected():
+                self._serve(client)
+            return
+        log.warning("mqtt broker accepts MQTT 5 after all; reconnecting with MQTT 5")
+        self._switch(client, mqtt.MQTTv5)
+
+    def _say_v311(self) -> None:
+        if not self._v311_said:
+            self._v311_said = True
+            log.warning(
+                "mqtt broker speaks 3.1.1 only; connected with MQTT 3.1.1 "
+                "(no ResponseTopic, no message expiry)",
+                host=self.cfg.host,
+                port=self.cfg.port,
+            )
+
+    def _fall_back(self, client: mqtt.Client, why: str) -> None:
+        log.warning("mqtt broker does not take MQTT 5; trying MQTT 3.1.1", why=why)
+        self._switch(client, mqtt.MQTTv311)
+
+    def _switch(self, client: mqtt.Client, protocol: MQTTProtocolVersion) -> None:
+        """End this client's reconnect loop (from paho's thread or the probe's), then
+        replace the client on the outbox thread (which publishes, so never to a client half
+        replaced)."""
+        client.disconnect()
+        self.outbox.post(lambda: self._replace_client(client, protocol))
+
+    def _replace_client(self, old: mqtt.Client, protocol: MQTTProtocolVersion) -> None:
+        if self._stop.is_set() or old is not self.client:
+            return
+        old.loop_stop()  # its thread ends after the callback that asked for this
+        self.protocol = protocol
+        self._connack_seen = False
+        self._unanswered_v5 = 0
+        self.client = self._make_client()
+        self.outbox.use_client(self.client, v5=protocol == mqtt.MQTTv5)
+        self._connect()
 
     def _republish_states(self) -> None:
         for key in self.agent.services.models.roi_keys():
@@ -191,7 +303,9 @@ class MqttAdapter:
         self._send_health(self.agent.bus.health())
         self.agent.bus.metrics.mqtt_connected.set(1)
         self._last_failure = None
-        log.info("mqtt connected", host=self.cfg.host, port=self.cfg.port)
+        log.info(
+            "mqtt connected", host=self.cfg.host, port=self.cfg.port, protocol=self.protocol_name
+        )
 
     # -- incoming -------------------------------------------------------------------
 
