@@ -51,7 +51,7 @@ def listing(agent: Agent, roi: dict[str, str], label: str) -> int:
     payload = {**roi, "label": label}
     reply = agent.bus.execute(parse_command("dataset_list", payload, "test"), timeout=120)
     assert reply.ok and reply.body is not None, reply.to_dict()
-    return int(reply.body[label]["count"])
+    return int(reply.body["datasets"][label]["count"])
 
 
 @pytest.mark.reliability("bad_input", "MQTT: one request id on 2 ROIs; add_ng repeated, reused")
