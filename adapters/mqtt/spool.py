@@ -144,6 +144,8 @@ class Spool:
             self._enforce_cap()
 
     def _enforce_cap(self) -> None:
+        if self._bytes <= self.max_bytes:
+            return  # no directory listing per message: 60 ms each with 3,000 spooled
         files = self._files()
         while self._bytes > self.max_bytes and len(files) > 1:
             self._forget(files.pop(0), unlink=True)
