@@ -359,12 +359,12 @@ class MqttAdapter:
         key = None
         if not cmd.mutating and request_id is not None:
             key = repeat_key(cmd.name, request_id, request_digest(cmd))
-            if self._repeated(key, cmd.name, request_id):
+            if self._repeated(key, cmd.name, request_id, route):
                 return
         future = self.agent.bus.submit(cmd)
         future.add_done_callback(lambda done: self._reply(done.result(), route, key))
 
-    def _repeated(self, key: str, name: str, request_id: str) -> bool:
+    def _repeated(self, key: str, name: str, request_id: str, route: _Route) -> bool:
         """A read seen before with the same inputs (a QoS 1 redelivery, or a PLC retrying
         after its timeout) is not run again: its first reply is sent again, or, while that
         is still being made, the repeat is dropped. Mutating commands are recognised by the
@@ -376,11 +376,13 @@ class MqttAdapter:
             "repeated request", command=name, request_id=request_id, answered=first is not None
         )
         if first is not None:
-            self.outbox.post(lambda: self._send_again(first))
+            self.outbox.post(lambda: self._send_again(first, route))
         return True
 
-    def _send_again(self, sent: Sent) -> None:
-        self.outbox.publish(sent.topic, sent.payload, sent.correlation)
+    def _send_again(self, sent: Sent, route: _Route) -> None:
+        """The first reply, to where this repeat asked (a v5 client retrying with new
+        CorrelationData matches it by that)."""
+        self.outbox.publish(route.reply_topic(self.topics), sent.payload, route.correlation)
 
     def _refuse(
         self,
@@ -447,7 +449,10 @@ class MqttAdapter:
     def _send_event(self, event: Event) -> None:
         body = event.body
         if event.name == "health":
-            self._send_health(body)
+            # Not spooled: a status from while the broker was away is stale by the time it
+            # could be read, and every reconnect publishes the current one.
+            if self.outbox.online:
+                self._send_health(body)
             return
         topic = self.topics.roi(body["role_id"], body["roi_id"], TOPIC_OF_EVENT[event.name])
         retained = event.name != "alert"

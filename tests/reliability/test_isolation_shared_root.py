@@ -55,7 +55,8 @@ def test_two_agents_on_one_root_lose_no_verdict_through_an_outage(
                 assert agent.bus.execute(parse_command("infer", payload, "http"), timeout=120).ok
                 sent.add(request_id)
         for (agent, adapter), name in zip(started, AGENTS, strict=True):
-            assert adapter.outbox.drain(30)
+            # The verdict events follow each reply on the delivery thread, then the outbox.
+            assert agent.bus.delivery.flush(30) and adapter.outbox.drain(30)
             assert adapter.spool.folder == spool_folder(data, name)
             assert adapter.spool.size == VERDICTS_EACH == agent.bus.spool_size
         fresh_broker.start()
