@@ -6,72 +6,30 @@
 - None of them, elsewhere: refused at start-up, unless ``allow_insecure`` (logged as a warning).
 
 Everything is decided and every file read when the adapter is built, so a bad
-configuration stops ``bdi-agent run`` with one line before anything listens.
+configuration stops ``bdi-agent run`` with one line before anything listens. The rule
+itself is ``agent.opcua_rules`` (``bdi-agent doctor`` runs it too).
 """
 
 from __future__ import annotations
 
 import hmac
-import ipaddress
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from asyncua import Server, ua
 from asyncua.crypto.permission_rules import PermissionRuleset, User, UserRole
 from asyncua.crypto.security_policies import SecurityPolicyFactory, SecurityPolicyNone
 from asyncua.server.user_managers import UserManager
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-from agent.config import OpcuaSettings
-from agent.startup import StartupRefused
+from agent.opcua_rules import (
+    CREDENTIALS,
+    Mode,
+    Security,
+    cert_format,
+    is_loopback,
+    plan_security,
+)
 
-Mode = Literal["anonymous", "secure", "insecure"]
-CREDENTIALS = ("username", "password", "cert_file", "key_file")
-
-
-@dataclass(frozen=True)
-class Security:
-    mode: Mode
-    username: str = ""
-    password: str = ""
-    cert: bytes = b""  # the certificate file's bytes (PEM or DER)
-    key: bytes = b""  # the private key file's bytes (PEM or DER, no passphrase)
-    cert_uri: str | None = None  # the certificate's application URI, if it names one
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to any interface
-        return False
-
-
-def plan_security(cfg: OpcuaSettings) -> Security:
-    """The security the server will run with; ``StartupRefused`` says what to set."""
-    username, password, cert_file, key_file = (getattr(cfg, name) for name in CREDENTIALS)
-    if username and password and cert_file and key_file:
-        cert = _read(cert_file, "BDI_OPCUA__CERT_FILE")
-        key = _read(key_file, "BDI_OPCUA__KEY_FILE")
-        return Security("secure", username, password, cert, key, _check_pair(cert, key, cfg))
-    missing = [f"BDI_OPCUA__{name.upper()}" for name in CREDENTIALS if not getattr(cfg, name)]
-    if len(missing) < len(CREDENTIALS):
-        raise StartupRefused(
-            "OPC UA security is half configured: a user, a password, a certificate and its "
-            f"key go together (missing {', '.join(missing)})"
-        )
-    if is_loopback(cfg.host):
-        return Security("anonymous")
-    if cfg.allow_insecure:
-        return Security("insecure")
-    raise StartupRefused(
-        f"OPC UA on {cfg.host} (not a loopback address) needs a user and an encrypted channel: "
-        "set BDI_OPCUA__USERNAME, BDI_OPCUA__PASSWORD, BDI_OPCUA__CERT_FILE and "
-        "BDI_OPCUA__KEY_FILE (Basic256Sha256 SignAndEncrypt), or bind to 127.0.0.1, or set "
-        "BDI_OPCUA__ALLOW_INSECURE=true to serve anonymous and unencrypted anyway"
-    )
+__all__ = ["CREDENTIALS", "Mode", "Security", "apply_security", "is_loopback", "plan_security"]
 
 
 async def apply_security(server: Server, security: Security) -> None:
@@ -81,8 +39,8 @@ async def apply_security(server: Server, security: Security) -> None:
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         server.set_identity_tokens([ua.AnonymousIdentityToken])
         return
-    await server.load_certificate(security.cert, _format(security.cert))
-    await server.load_private_key(security.key, None, _format(security.key))
+    await server.load_certificate(security.cert, cert_format(security.cert))
+    await server.load_private_key(security.key, None, cert_format(security.key))
     server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
     server.set_identity_tokens([ua.UserNameIdentityToken])
     server.iserver.set_user_manager(OneUser(security.username, security.password))
@@ -121,47 +79,3 @@ class OneUser(UserManager):
         name_ok = hmac.compare_digest((username or "").encode(), self._username)
         password_ok = hmac.compare_digest((password or "").encode(), self._password)
         return User(role=UserRole.User, name=username) if name_ok and password_ok else None
-
-
-def _read(path: Any, setting: str) -> bytes:
-    try:
-        return bytes(path.read_bytes())
-    except OSError as exc:
-        raise StartupRefused(f"{setting} {path} cannot be read: {exc.strerror}") from None
-
-
-def _format(content: bytes) -> str:
-    return "pem" if content.lstrip().startswith(b"-----BEGIN") else "der"
-
-
-def _check_pair(cert_bytes: bytes, key_bytes: bytes, cfg: OpcuaSettings) -> str | None:
-    """Parse both now (a wrong file is a start-up refusal, not a server that fails at its
-    first client) and return the certificate's application URI."""
-    try:
-        if _format(cert_bytes) == "pem":
-            cert = x509.load_pem_x509_certificate(cert_bytes)
-        else:
-            cert = x509.load_der_x509_certificate(cert_bytes)
-    except ValueError as exc:
-        raise StartupRefused(
-            f"BDI_OPCUA__CERT_FILE {cfg.cert_file} is not an X.509 certificate ({exc})"
-        ) from None
-    try:
-        if _format(key_bytes) == "pem":
-            key = serialization.load_pem_private_key(key_bytes, None)
-        else:
-            key = serialization.load_der_private_key(key_bytes, None)
-    except (ValueError, TypeError) as exc:  # TypeError: the key has a passphrase
-        raise StartupRefused(
-            f"BDI_OPCUA__KEY_FILE {cfg.key_file} is not an unencrypted private key ({exc})"
-        ) from None
-    if key.public_key() != cert.public_key():
-        raise StartupRefused(
-            f"BDI_OPCUA__KEY_FILE {cfg.key_file} is not the key of {cfg.cert_file}"
-        )
-    try:
-        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return None
-    uris = names.value.get_values_for_type(x509.UniformResourceIdentifier)
-    return uris[0] if uris else None
