@@ -293,9 +293,27 @@ def calibrate_ng(cmd: CalibrateNg, services: Services, checkpoint: Checkpoint) -
         "method": method,
         "created_at": utc_now_iso(),
     }
-    services.models.save_calibration(key, calibration)
+    services.models.save_calibration(key, {**calibration, **_score_lists(ok_scores, ng_scores)})
     services.roi_changed(key)
     return CalibrationResult(**{k: v for k, v in calibration.items() if k != "created_at"})
+
+
+# The stored calibration keeps the scores it was chosen from, for the console's
+# histograms; a long list is thinned to this many, evenly over the sorted scores, so the
+# file stays small and the histogram's shape stays true.
+CALIBRATION_SCORES_KEPT = 2000
+
+
+def _score_lists(ok_scores: list[float], ng_scores: list[float]) -> Body:
+    return {"ok_scores": _thinned(ok_scores), "ng_scores": _thinned(ng_scores)}
+
+
+def _thinned(scores: list[float]) -> list[float]:
+    ordered = sorted(float(s) for s in scores)
+    if len(ordered) <= CALIBRATION_SCORES_KEPT:
+        return ordered
+    step = (len(ordered) - 1) / (CALIBRATION_SCORES_KEPT - 1)
+    return [ordered[round(i * step)] for i in range(CALIBRATION_SCORES_KEPT)]
 
 
 def infer_many(

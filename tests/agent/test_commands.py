@@ -94,8 +94,17 @@ def test_infer_calibrate_and_decide(fitted: Agent, test_discs) -> None:
 
 
 def test_calibrate_with_given_scores(fitted: Agent) -> None:
-    body = send(fitted, "calibrate_ng", ok_scores=[0.1, 0.2], ng_scores=[0.9, 1.0]).to_dict()
+    body = send(fitted, "calibrate_ng", ok_scores=[0.2, 0.1], ng_scores=[0.9, 1.0]).to_dict()
     assert body["threshold"] == pytest.approx((body["p99_ok"] + body["p5_ng"]) / 2)
+    # The stored calibration keeps the scores (for the console's histograms), the reply not.
+    assert "ok_scores" not in body and "ng_scores" not in body
+    stored = send(fitted, "manifest").to_dict()["calibration"]
+    assert stored["ok_scores"] == [0.1, 0.2] and stored["ng_scores"] == [0.9, 1.0]
+    # A long list is thinned evenly over its sorted values, both ends kept.
+    many = [i / 5000 for i in range(5000)]
+    send(fitted, "calibrate_ng", ok_scores=many[::-1], ng_scores=[2.0])
+    kept = send(fitted, "manifest").to_dict()["calibration"]["ok_scores"]
+    assert len(kept) == 2000 and kept == sorted(kept) and (kept[0], kept[-1]) == (0.0, 0.9998)
 
 
 def test_infer_batch_keeps_order_and_isolates_failures(fitted: Agent, test_discs) -> None:
