@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +33,7 @@ from agent.parsing import parse_command
 from agent.startup import StartupRefused
 from engine.features import FeatureExtractor
 from tests.conftest import agent_settings
+from tests.support import cli_env
 
 NAMESPACE = "urn:bdi:line1"
 STORED = ("Disc", "Stored")  # fitted before the server starts
@@ -423,3 +428,118 @@ def test_with_a_user_and_certificate_only_signed_encrypted_sessions_get_in(
         asyncio.run(scenario())
     finally:
         adapter.stop()
+
+
+SUBSCRIBER = """
+import asyncio, sys
+from asyncua import Client
+
+class Printer:
+    def datachange_notification(self, node, value, data):
+        print(value, flush=True)
+
+async def main(url, ns_uri, path):
+    client = Client(url)
+    await client.connect()
+    ns = await client.get_namespace_index(ns_uri)
+    seq = await client.nodes.objects.get_child([f"{ns}:{name}" for name in path.split("|")])
+    subscription = await client.create_subscription(20, Printer())
+    await subscription.subscribe_data_change(seq)
+    await asyncio.sleep(3600)  # killed long before
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+WRITE_VALUES = [
+    ua.Variant(True, ua.VariantType.Boolean),
+    ua.Variant(-7, ua.VariantType.Int32),
+    ua.Variant(2**40, ua.VariantType.UInt64),
+    ua.Variant(0.5, ua.VariantType.Double),
+    ua.Variant(1.5, ua.VariantType.Float),
+    ua.Variant("online", ua.VariantType.String),
+    ua.Variant(b"\x00\xff", ua.VariantType.ByteString),
+    ua.Variant(datetime(2026, 1, 1), ua.VariantType.DateTime),
+    ua.Variant(None, ua.VariantType.Null),
+]
+
+
+async def bdi_tree(client: Client, ns: int) -> tuple[list[Node], list[Node]]:
+    """Every object and variable under Objects/BDI."""
+    objects, variables = [], []
+    todo = [await client.nodes.objects.get_child(f"{ns}:BDI")]
+    while todo:
+        node = todo.pop()
+        objects.append(node)
+        for child in await node.get_children():
+            node_class = await child.read_node_class()
+            if node_class == ua.NodeClass.Variable:
+                variables.append(child)
+            elif node_class == ua.NodeClass.Object:
+                todo.append(child)
+    return objects, variables
+
+
+def test_random_calls_and_a_killed_subscriber_leave_the_server_serving(
+    served: Served, tmp_path: Path
+) -> None:
+    rng = random.Random(16)
+
+    async def random_calls() -> None:
+        async with Client(served.adapter.url) as client:
+            ns = await client.get_namespace_index(NAMESPACE)
+            objects, variables = await bdi_tree(client, ns)
+            assert len(variables) >= len(AGENT_TYPES) + len(ROI_TYPES)
+            roi = await roi_node(client, ns, "default", *STORED)
+            before = await values(roi, ns, list(ROI_TYPES))
+            refused: dict[str, int] = {}
+            for _ in range(1000):
+                action = rng.choice(("browse", "read", "write"))
+                if action == "browse":
+                    await rng.choice(objects).get_children()
+                elif action == "read":
+                    await rng.choice(variables).read_data_value(raise_on_bad_status=False)
+                else:
+                    value = ua.DataValue(rng.choice(WRITE_VALUES))
+                    with pytest.raises(ua.UaStatusCodeError) as bad:
+                        await rng.choice(variables).write_value(value)
+                    code = ua.StatusCode(bad.value.code)
+                    assert not code.is_good()
+                    refused[code.name] = refused.get(code.name, 0) + 1
+            assert refused, "no write was tried"
+            after = await values(roi, ns, list(ROI_TYPES))
+            assert {k: v.Value for k, v in after.items()} == {k: v.Value for k, v in before.items()}
+
+    asyncio.run(random_calls())
+
+    seq_path = "|".join(["BDI", "ROIs", "default", *STORED, "Seq"])
+    child = subprocess.Popen(
+        [sys.executable, "-c", SUBSCRIBER, served.adapter.url, NAMESPACE, seq_path],
+        env=cli_env(tmp_path),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline()  # subscribed: its current Seq (None before a verdict)
+        # A verdict on its way to the subscriber when it dies.
+        run(served.agent, "infer", STORED, mm_per_px=0.2, image=served.pngs[6], heatmap=False)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+    async def fresh_client() -> None:
+        async with Client(served.adapter.url) as client:
+            ns = await client.get_namespace_index(NAMESPACE)
+            roi = await roi_node(client, ns, "default", *STORED)
+            inbox = Inbox()
+            subscription = await client.create_subscription(50, inbox)
+            await subscription.subscribe_data_change(await roi.get_child(f"{ns}:Seq"))
+            current = await inbox.next()
+            png = served.pngs[7]
+            await asyncio.to_thread(
+                run, served.agent, "infer", STORED, mm_per_px=0.2, image=png, heatmap=False
+            )
+            assert await inbox.next() > current
+
+    asyncio.run(fresh_client())
