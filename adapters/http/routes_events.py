@@ -45,7 +45,7 @@ and `health` (contract section 9), each as `event:` the name, `id:` its `seq`, `
 body (one line of JSON). The stream never ends; a comment (`: ping`) every 15 s keeps
 proxies from closing it.
 
-- The first frame is `retry: 3000` with a comment (`: connected, boot B, last seq N`):
+- The first frame is `retry: 3000` with a comment (`: connected, boot B, last seq N, agent A`):
   once a client reads it, it is subscribed, and no later event can pass it by. `B` changes
   when the agent restarts (and `seq` begins again).
 - Without `Last-Event-ID`, the stream starts with the next event. With it (the header,
@@ -235,7 +235,10 @@ async def events_stream(
     unsubscribe = events.subscribe(queue.offer)
     streams.add(queue)
     try:
-        hello = f"connected, boot {agent.bus.boot_id}, last seq {events.last_seq}"
+        hello = (
+            f"connected, boot {agent.bus.boot_id}, last seq {events.last_seq},"
+            f" agent {agent.settings.agent_id}"
+        )
         yield ServerSentEvent(retry=RETRY_MS, comment=hello)
         after = last_event_id_header if last_event_id_header is not None else last_event_id
         sent = 0  # the last seq this client has had (or filtered out)

@@ -158,6 +158,7 @@ def events(
         assert hello.retry == routes_events.RETRY_MS
         assert hello.comments and hello.comments[0].startswith("connected")
         assert f"boot {server.agent.bus.boot_id}" in hello.comments[0]
+        assert hello.comments[0].endswith(f", agent {server.agent.settings.agent_id}")
         yield stream
 
 

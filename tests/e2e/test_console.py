@@ -88,6 +88,9 @@ def test_the_console_shows_the_agent_live(
         expect(page.locator("#health-status")).to_have_text("online")
         expect(page.locator("#health-detail")).to_contain_text("weights random")
         expect(page.locator("#live")).to_have_attribute("data-state", "live")
+        expect(page.locator("#agent-id")).to_have_text(server.agent.settings.agent_id)
+        expect(page.locator("#stats")).to_contain_text("MQTT disabled")
+        expect(page.locator("#stats")).to_contain_text("spool 0")
         row = page.locator(ROW)
         expect(row.locator(".memory")).to_contain_text("fitted")
         expect(row.locator(".threshold")).to_have_text("uncalibrated")
@@ -102,6 +105,8 @@ def test_the_console_shows_the_agent_live(
         page.wait_for_function("document.querySelector('#verdicts img').naturalWidth > 0")
         expect(page.locator("#viewer-facts")).to_contain_text(f"{reply['score']:.4f}")
         expect(row.locator(".last-score")).to_have_text(f"{reply['score']:.4f}")
+        # /stats is polled every few seconds: the infer's time shows.
+        expect(page.locator("#stats")).to_contain_text(re.compile(r"p50 \d+\.\d / p95 \d+\.\d ms"))
         page.locator("#opacity").fill("85")
         shot(page, "02-verdict")
 
@@ -113,8 +118,11 @@ def test_the_console_shows_the_agent_live(
         assert calibrated.status_code == 200, calibrated.json()
         threshold = calibrated.json()["threshold"]
         expect(row.locator(".threshold")).to_have_text(f"{threshold:.4f}")
-        expect(page.locator("#calibration rect.band-ok")).to_have_count(1)
-        expect(page.locator("#calibration rect.band-ng")).to_have_count(1)
+        # The stored scores drawn as histograms, with the threshold, p99 OK and p5 NG.
+        expect(page.locator("#calibration rect.hist-ok")).to_have_count(3)
+        expect(page.locator("#calibration rect.hist-ng")).to_have_count(1)
+        for line in ("threshold", "p99 OK", "p5 NG"):
+            expect(page.locator(f'#calibration line[data-line="{line}"]')).to_have_count(1)
         for disc in ok_pngs[9:12]:
             assert api.post("/infer", data=FORM, files=image(disc)).status_code == 200
         expect(page.locator("#verdicts li")).to_have_count(4)
@@ -137,6 +145,24 @@ def test_the_console_shows_the_agent_live(
         expect(page.locator("#alert-banner")).to_be_hidden()
         expect(page.locator("#verdicts li")).to_have_count(4)  # nothing twice
         shot(page, "04-cleared")
+
+        # The ROI's stored samples, and a recalibration from them (the agent scores its
+        # stored OK samples itself; none is NG): the histograms are drawn again.
+        stored = api.get("/manifest", params=ROI).json()["datasets"]
+        counts = f"stored samples: {stored['ok']} OK · {stored['ng']} NG"
+        expect(page.locator("#roi-datasets")).to_have_text(counts)
+        page.click("#recalibrate")
+        expect(page.locator("#recalibrate-status")).to_contain_text("threshold")
+        expect(page.locator("#calibration-note")).to_contain_text("(self_scored)")
+        expect(page.locator("#calibration rect.hist-ng")).to_have_count(0)
+        expect(page.locator("#calibration rect.hist-ok").first).to_be_visible()
+        shot(page, "05-recalibrated")
+
+        # Usable on a laptop and on a tablet held upright.
+        for name, size in (("06-1280x800", (1280, 800)), ("07-tablet-820x1180", (820, 1180))):
+            page.set_viewport_size({"width": size[0], "height": size[1]})
+            expect(page.locator("#recalibrate")).to_be_visible()
+            shot(page, name)
 
         assert page.evaluate(PARSE_TRICKY_STREAM) == TRICKY_STREAM_EVENTS
 

@@ -13,6 +13,7 @@ const MAX_VERDICTS = 50; // the agent keeps as many pictures (recent_max, defaul
 const TREND_POINTS = 50;
 const SPARK_POINTS = 20;
 const HEALTH_POLL_MS = 10000;
+const STATS_POLL_MS = 3000;
 
 const state = {
   key: sessionStorage.getItem(KEY_STORE) || "",
@@ -26,6 +27,7 @@ const state = {
   lastEventId: null,
   boot: null, // the agent run the shown seqs belong to
   started: false,
+  recalibrating: false,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -99,7 +101,10 @@ async function start() {
   if (!state.started) {
     state.started = true;
     setInterval(refreshHealth, HEALTH_POLL_MS);
+    setInterval(refreshStats, STATS_POLL_MS);
+    $("recalibrate").addEventListener("click", recalibrate);
   }
+  refreshStats();
   openStream();
 }
 
@@ -142,11 +147,25 @@ function showHealth(h) {
   pill.dataset.status = h.status || "unknown";
   $("health-status").textContent = STATUS_WORDS[h.status] || h.status || "unknown";
   const parts = [h.runtime && `${h.runtime} ${h.precision || ""}`, h.device, h.weights && `weights ${h.weights}`,
-    `MQTT ${h.mqtt || "—"}`, `queue ${h.queue_size ?? "—"}`, h.version && `v${h.version}`];
+    `queue ${h.queue_size ?? "—"}`, h.version && `v${h.version}`];
   $("health-detail").textContent = parts.filter(Boolean).join(" · ");
   const reason = h.reason || (h.error && h.error.message);
   $("health-reason").hidden = !reason;
   $("health-reason").textContent = reason ? `Agent ${h.status}: ${reason}` : "";
+}
+
+// The serving figures of GET /stats: MQTT state, infer p50/p95 (ms), the MQTT spool.
+async function refreshStats() {
+  try {
+    const s = await (await api("stats")).json();
+    const $s = $("stats");
+    $s.dataset.mqtt = s.mqtt;
+    const p = (v) => (v === null || v === undefined ? "—" : `${fmt(v, 1)}`);
+    $s.textContent = `MQTT ${s.mqtt} · infer p50 ${p(s.infer_p50_ms)} / p95 ${p(s.infer_p95_ms)} ms` +
+      ` · spool ${s.spool_size}`;
+  } catch (e) {
+    if (e instanceof Unauthorized) askForKey(true);
+  }
 }
 
 function showUnreachable(error) {
@@ -514,11 +533,12 @@ function drawTrend(entry) {
   });
 }
 
-// The calibration as the agent stores it: the OK scores' mean and p99 (the
-// score_percentile), the NG scores' p5 and mean, and the threshold between them. The
-// per-sample scores are not stored, so the bands span those summary numbers; the ticks
-// at the bottom are this ROI's recent verdict scores.
-const calibrations = new Map(); // roi key -> manifest calibration (null: none)
+// The calibration as the agent stores it: the OK and NG scores it was chosen from (at most
+// 2,000 of each, thinned evenly), drawn as two histograms, OK above the axis and NG below,
+// with the threshold, the OK scores' p99 (the score_percentile) and the NG scores' p5.
+// Calibrations stored before the scores were kept show bands over the summary numbers.
+// The ticks along the axis are this ROI's recent verdict scores.
+const manifests = new Map(); // roi key -> the ROI's /manifest body (null: none)
 const calibrationsLoading = new Set();
 
 async function loadCalibration(entry) {
@@ -528,7 +548,7 @@ async function loadCalibration(entry) {
     const query = new URLSearchParams({ ...entry.ids });
     const response = await api(`manifest?${query}`, { allowStatus: [400, 404] });
     const body = await response.json();
-    calibrations.set(entry.key, response.ok ? body.calibration || null : null);
+    manifests.set(entry.key, response.ok ? body : null);
   } catch (e) {
     if (e instanceof Unauthorized) askForKey(true);
     return;
@@ -538,42 +558,125 @@ async function loadCalibration(entry) {
   if (entry.key === state.selectedRoi) drawCalibration(entry);
 }
 
+// The selected ROI's stored samples (from its manifest), and a button that calibrates it
+// again from them: calibrate_ng with only the ROI, so the agent scores its stored OK and
+// NG samples itself (leave-one-out).
+function drawRoiTools(entry) {
+  const m = entry ? manifests.get(entry.key) : null;
+  const d = m && m.datasets;
+  $("roi-datasets").textContent = d ? `stored samples: ${d.ok ?? 0} OK · ${d.ng ?? 0} NG` : "";
+  $("recalibrate").disabled = !entry || !(entry.state && entry.state.fitted) || state.recalibrating;
+}
+
+async function recalibrate() {
+  const entry = state.rois.get(state.selectedRoi);
+  if (!entry || state.recalibrating) return;
+  state.recalibrating = true;
+  drawRoiTools(entry);
+  const status = $("recalibrate-status");
+  status.className = "muted small";
+  status.textContent = "calibrating…";
+  try {
+    const ids = { role_id: entry.ids.role_id, roi_id: entry.ids.roi_id };
+    if (entry.ids.recipe_id !== "default") ids.recipe_id = entry.ids.recipe_id;
+    const response = await fetch(new URL("calibrate_ng", API), {
+      method: "POST", headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify(ids),
+    });
+    if (response.status === 401) throw new Unauthorized();
+    const body = await response.json();
+    if (!response.ok) throw new Error((body.error && body.error.message) || `HTTP ${response.status}`);
+    status.textContent = `threshold ${fmt(body.threshold)} from ${body.n_ok} OK and ${body.n_ng} NG`;
+  } catch (e) {
+    if (e instanceof Unauthorized) return askForKey(true);
+    status.className = "error small";
+    status.textContent = `not calibrated: ${e.message || e}`;
+  } finally {
+    state.recalibrating = false;
+  }
+  manifests.delete(entry.key); // read again, with the new scores
+  try {
+    await refreshRois();
+  } catch (e) {
+    if (e instanceof Unauthorized) askForKey(true);
+  }
+}
+
 function drawCalibration(entry) {
   const el = $("calibration");
   el.replaceChildren();
-  const W = 600, H = 150, L = 64, R = 28;
+  const W = 600, H = 190, L = 64, R = 28, MID = 96;
+  const m = entry ? manifests.get(entry.key) : null;
+  if (entry && m === undefined) loadCalibration(entry);
+  drawRoiTools(entry);
   const calibrated = Boolean(entry && entry.state && entry.state.calibrated);
-  const c = calibrated ? calibrations.get(entry.key) : null;
+  const c = calibrated && m ? m.calibration || null : calibrated ? m : null;
   const note = $("calibration-note");
   if (!entry || !c) {
     const text = !entry ? "select a ROI" : c === undefined ? "loading…" : "not calibrated (POST /calibrate_ng)";
     el.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, text));
     note.textContent = "";
-    if (c === undefined) loadCalibration(entry);
     return;
   }
-  const scores = entry.scores.map((p) => p.score);
-  const values = [c.threshold, c.ok_mean, c.p99_ok, c.p5_ng, c.ng_mean, ...scores].filter((v) => v !== null && v !== undefined);
-  const top = Math.max(...values) * 1.1 || 1;
+  const okScores = Array.isArray(c.ok_scores) ? c.ok_scores : null;
+  const ngScores = Array.isArray(c.ng_scores) ? c.ng_scores : [];
+  const recent = entry.scores.map((p) => p.score);
+  const values = [c.threshold, c.ok_mean, c.p99_ok, c.p5_ng, c.ng_mean, ...recent, ...(okScores || []), ...ngScores]
+    .filter((v) => v !== null && v !== undefined);
+  const top = values.reduce((a, b) => Math.max(a, b), 0) * 1.1 || 1;
   const x = (v) => L + (v / top) * (W - L - R);
-  el.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: 120, y2: 120 }));
-  for (const v of [0, top / 2, top]) el.append(svg("text", { x: x(v), y: 136, "text-anchor": "middle" }, fmt(v, 3)));
+  el.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: MID, y2: MID }));
+  for (const v of [0, top / 2, top]) el.append(svg("text", { x: x(v), y: H - 4, "text-anchor": "middle" }, fmt(v, 3)));
+  if (okScores) {
+    histogram(el, "hist-ok", okScores, x, top, MID, -1);
+    histogram(el, "hist-ng", ngScores, x, top, MID, +1);
+    el.append(svg("text", { x: L - 6, y: MID - 30, "text-anchor": "end" }, `OK (${c.n_ok ?? okScores.length})`));
+    el.append(svg("text", { x: L - 6, y: MID + 40, "text-anchor": "end" }, `NG (${c.n_ng ?? ngScores.length})`));
+  } else {
+    bands(el, c, x, MID);
+  }
+  const mark = (cls, label, v, y) => {
+    if (v === null || v === undefined) return;
+    el.append(svg("line", { class: cls, "data-line": label, x1: x(v), x2: x(v), y1: 8, y2: H - 20 }));
+    el.append(svg("text", { class: `${cls}-label`, x: x(v) + 4, y }, `${label} ${fmt(v)}`));
+  };
+  mark("line-p99", `p${c.score_percentile ?? 99} OK`, c.p99_ok, 30);
+  mark("line-p5", "p5 NG", c.p5_ng, 44);
+  mark("threshold", "threshold", c.threshold, 16);
+  for (const s of recent) el.append(svg("line", { class: "rug", x1: x(s), x2: x(s), y1: MID - 5, y2: MID + 5 }));
+  const ng = c.n_ng ? `NG p5 ${fmt(c.p5_ng)} – mean ${fmt(c.ng_mean)}` : "no NG scores";
+  const kept = okScores ? "" : " This calibration predates stored scores: the bands span its summary numbers.";
+  note.textContent = `OK mean ${fmt(c.ok_mean)} – p${c.score_percentile ?? 99} ${fmt(c.p99_ok)}; ${ng}; ` +
+    `threshold ${fmt(c.threshold)} (${c.method || "calibrated"}). Blue ticks on the axis: recent verdicts.${kept}`;
+}
+
+// Bars of a score histogram from the axis at `mid`, up (dir -1) or down (dir +1), each
+// histogram scaled to its own tallest bin so a few NG scores stay visible next to many OK.
+function histogram(el, cls, scores, x, top, mid, dir) {
+  if (!scores.length) return;
+  const BINS = 40, HEIGHT = 70;
+  const counts = new Array(BINS).fill(0);
+  for (const s of scores) counts[Math.min(BINS - 1, Math.max(0, Math.floor((s / top) * BINS)))] += 1;
+  const most = Math.max(...counts);
+  counts.forEach((n, i) => {
+    if (!n) return;
+    const h = Math.max(2, (n / most) * HEIGHT);
+    const x0 = x((i * top) / BINS), x1 = x(((i + 1) * top) / BINS);
+    const bar = svg("rect", { class: cls, x: x0, width: Math.max(1, x1 - x0 - 1), y: dir < 0 ? mid - h : mid, height: h });
+    bar.append(svg("title", {}, `${n} score${n === 1 ? "" : "s"} in ${fmt((i * top) / BINS)}–${fmt(((i + 1) * top) / BINS)}`));
+    el.append(bar);
+  });
+}
+
+// Summary bands, for a calibration stored without its scores.
+function bands(el, c, x, mid) {
   const band = (cls, label, lo, hi, y) => {
     if (lo === null || lo === undefined || hi === null || hi === undefined) return;
     const a = Math.min(lo, hi), b = Math.max(lo, hi);
     el.append(svg("rect", { class: cls, x: x(a), y, width: Math.max(3, x(b) - x(a)), height: 26, rx: 3 }));
-    el.append(svg("text", { x: L - 6, y: y + 17, "text-anchor": "end" }, label));
+    el.append(svg("text", { x: x(0) - 6, y: y + 17, "text-anchor": "end" }, label));
   };
-  band("band-ok", `OK (${c.n_ok ?? "?"})`, c.ok_mean, c.p99_ok, 22);
-  band("band-ng", `NG (${c.n_ng ?? 0})`, c.p5_ng, c.ng_mean, 62);
-  el.append(svg("line", { class: "threshold", x1: x(c.threshold), x2: x(c.threshold), y1: 8, y2: 122 }));
-  el.append(svg("text", { class: "threshold-label", x: x(c.threshold) + 4, y: 16 }, `threshold ${fmt(c.threshold)}`));
-  if (scores.length) el.append(svg("text", { x: L - 6, y: 116, "text-anchor": "end" }, "recent"));
-  for (const s of scores) el.append(svg("line", { class: "rug", x1: x(s), x2: x(s), y1: 104, y2: 118 }));
-  const ng = c.n_ng ? `NG p5 ${fmt(c.p5_ng)} – mean ${fmt(c.ng_mean)}` : "no NG scores";
-  note.textContent = `OK mean ${fmt(c.ok_mean)} – p${c.score_percentile ?? 99} ${fmt(c.p99_ok)}; ${ng}; ` +
-    `threshold ${fmt(c.threshold)} (${c.method || "calibrated"}). The agent keeps these summary numbers, ` +
-    "not each calibration score; the ticks are this ROI's recent verdict scores.";
+  band("band-ok", `OK (${c.n_ok ?? "?"})`, c.ok_mean, c.p99_ok, mid - 40);
+  band("band-ng", `NG (${c.n_ng ?? 0})`, c.p5_ng, c.ng_mean, mid + 14);
 }
 
 // -- the event stream: fetch() and the SSE parser of sse.js --------------------------------
@@ -609,6 +712,7 @@ async function openStream() {
           // The first frame: subscribed, so whatever happens from now on will come.
           if (text.startsWith("connected")) {
             const boot = (/boot (\S+),/.exec(text) || [])[1] || null;
+            $("agent-id").textContent = (/, agent (\S+)$/.exec(text) || [])[1] || "";
             if (state.boot !== null && boot !== state.boot) forgetRun();
             state.boot = boot;
             setLive("live", "live");
@@ -659,7 +763,7 @@ function onEvent(e) {
     onAlert(body, e.lastEventId);
   } else if (e.type === "state") {
     upsertRoi(body);
-    calibrations.delete(roiKey(body)); // read again when shown
+    manifests.delete(roiKey(body)); // read again when shown
     renderRois();
   } else if (e.type === "health") {
     showHealth(body);
