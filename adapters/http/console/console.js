@@ -637,7 +637,9 @@ function drawCalibration(entry) {
   const mark = (cls, label, v, y) => {
     if (v === null || v === undefined) return;
     el.append(svg("line", { class: cls, "data-line": label, x1: x(v), x2: x(v), y1: 8, y2: H - 20 }));
-    el.append(svg("text", { class: `${cls}-label`, x: x(v) + 4, y }, `${label} ${fmt(v)}`));
+    // Near the right edge the label goes to the line's left, so it is not cut off.
+    const left = x(v) > W - R - 130;
+    el.append(svg("text", { class: `${cls}-label`, x: x(v) + (left ? -4 : 4), y, "text-anchor": left ? "end" : "start" }, `${label} ${fmt(v)}`));
   };
   mark("line-p99", `p${c.score_percentile ?? 99} OK`, c.p99_ok, 30);
   mark("line-p5", "p5 NG", c.p5_ng, 44);
