@@ -80,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         view = LogView(args.verbose, folder_verdicts=mqtt_port is None)
         agent = start_agent(supervisor, env, root, view)
         base_url = f"http://{HOST}:{http_port}"
-        say(f"HTTP API on {base_url}; try it in a browser: {base_url}/docs")
+        say(f"operators' console: {base_url}/ui/ (open it in a browser)")
+        say(f"HTTP API on {base_url}; its documentation: {base_url}/docs")
         say(f"data root {root} (agent log: {root / 'agent.log'})")
         http = AgentHttp(base_url)
         health = http.wait_ready(180, agent.running)
