@@ -86,7 +86,10 @@ class Delivery:
             _run_guarded(work)
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything posted so far was delivered (tests, orderly shutdown)."""
+        """Wait until everything posted so far was delivered (tests, orderly shutdown).
+        On the delivery thread itself there is nothing to wait for: it would wait on itself."""
+        if self._thread is threading.current_thread():
+            return True
         done = threading.Event()
         self.post(done.set)
         return done.wait(timeout)

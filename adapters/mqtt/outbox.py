@@ -71,7 +71,11 @@ class Outbox:
         self._tasks.put(task)
 
     def drain(self, timeout: float) -> bool:
-        """Wait until every task posted so far has run; False when ``timeout`` passed."""
+        """Wait until everything the agent produced so far has been published (or spooled):
+        the agent's delivery thread first (events reach this outbox from there), then every
+        task posted here. False when ``timeout`` passed."""
+        if not self.bus.delivery.flush(timeout):
+            return False
         done = threading.Event()
         self.post(done.set)
         return done.wait(timeout)
