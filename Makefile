@@ -45,7 +45,7 @@ nginx:
 	  || echo "nginx unavailable: the nginx -t test will be skipped"; rm -rf $$tmp; }
 
 test: venv mosquitto chromium nginx
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -5,7 +5,7 @@ by 12 MB over 500 infers. Here a real agent process (random weights, 56-px backb
 for speed, 224-px crops so each reply carries a 224x224 heatmap of about 8 KB) answers a
 stream of infers over a real mosquitto, each with a request id of its own.
 
-Every bounded store is set small enough to fill during the warm-up (replies kept for
+Every bounded store is set small enough to fill during the warm-up (300 infers) (replies kept for
 repeats 2 MB, the events backlog 64 KB; the recent verdicts' 50 entries fill at once), so
 whatever still grows after it grows without bound. The RSS is read with nothing in flight
 after the warm-up and at the end. Measured here: +0.5 MB over 2,500 infers after a warm-up
@@ -23,8 +23,8 @@ import pytest
 
 from tests.reliability.memory_support import StreamedAgent, crops
 
-WARMUP = 500
-INFERS = int(os.environ.get("BDI_MEMORY_INFERS", "1500"))  # after the warm-up
+WARMUP = 300
+INFERS = int(os.environ.get("BDI_MEMORY_INFERS", "1200"))  # after the warm-up
 MAX_GROWTH_MB = 4.0
 SAMPLE_EVERY = 250
 
