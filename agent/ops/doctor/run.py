@@ -14,6 +14,7 @@ from agent.ops.doctor.checks import (
     check_legacy_names,
     check_weights,
 )
+from agent.ops.doctor.opcua import check_opcua
 from agent.ops.doctor.rois import check_rois
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ def run_doctor(
         check_device,
         check_broker,
         check_http_port,
+        check_opcua,
         check_rois,
     ]
     checks: list[Check] = []
