@@ -8,7 +8,6 @@ change becomes the ROI's ``state``. The ``health`` event is the bus's (``health_
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -23,16 +22,13 @@ from agent.results import InferBatchResult, InferResult
 from agent.services import Services
 from engine.errors import EngineError
 from engine.keys import RoiKey
+from engine.memory import utc_now_iso
 from engine.preprocess import decode_image
 
 log = structlog.get_logger("agent.events")
 
 # Commands after which a ROI's state may differ (fits and calibrations say so themselves).
 DATASET_CHANGES = ("dataset_clear", "dataset_delete")
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Announcer:
@@ -62,12 +58,11 @@ class Announcer:
 
     def _emit_state(self, key: RoiKey) -> None:
         try:
-            state = self.services.roi_state(key)
+            state = self.services.roi_state_body(key)
         except Exception:
             log.exception("ROI state unreadable", role_id=key.role_id, roi_id=key.roi_id)
             return
-        ids = {"recipe_id": key.recipe_id, "role_id": key.role_id, "roi_id": key.roi_id}
-        self.events.emit("state", {**state, **ids})
+        self.events.emit("state", state)
 
     # -- verdicts ----------------------------------------------------------------------
 
@@ -85,7 +80,7 @@ class Announcer:
             self._emit_state(RoiKey.of(cmd.role_id, cmd.roi_id, cmd.recipe_id, cmd.model_key))
 
     def _verdict(self, cmd: Infer, request_id: str, result: InferResult) -> None:
-        ts = utc_now()
+        ts = utc_now_iso()
         verdict = {
             "recipe_id": cmd.recipe_id,
             "role_id": cmd.role_id,

@@ -91,3 +91,9 @@ class Services:
             "threshold": calibration.get("threshold") if calibration else None,
             "model_version": memory.info.model_version if memory else None,
         }
+
+    def roi_state_body(self, key: RoiKey) -> dict[str, Any]:
+        """The ``state`` event's body: the ROI's state with its ids (the retained MQTT
+        ``state`` topic carries the same)."""
+        ids = {"recipe_id": key.recipe_id, "role_id": key.role_id, "roi_id": key.roi_id}
+        return {**self.roi_state(key), **ids}

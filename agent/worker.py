@@ -187,10 +187,7 @@ class Worker:
                     step = self._next_step()
             jobs = [job for job in step if _wanted(job)]
             try:
-                if len(jobs) == 1 and not isinstance(jobs[0][0], Infer):
-                    self._run_one(*jobs[0])
-                elif jobs:
-                    self._run_infers(jobs)
+                self._run_jobs(jobs)
             except Exception as exc:  # the thread must outlive any bug: nothing else runs
                 log.exception("worker step failed")
                 for cmd, future, queued in jobs:
@@ -241,13 +238,16 @@ class Worker:
         while True:
             with self._cond:
                 taken = self._take_fast(allow_batch)
-            batch = [job for job in taken if _wanted(job)]
             if not taken:
                 return
-            if len(batch) == 1 and isinstance(batch[0][0], InferBatch):
-                self._run_one(*batch[0])
-            elif batch:
-                self._run_infers(batch)
+            self._run_jobs([job for job in taken if _wanted(job)])
+
+    def _run_jobs(self, jobs: list[Job]) -> None:
+        """Single infers micro-batched through the backbone; any other command alone."""
+        if len(jobs) == 1 and not isinstance(jobs[0][0], Infer):
+            self._run_one(*jobs[0])
+        elif jobs:
+            self._run_infers(jobs)
 
     def _refusal(self, cmd: Command) -> AgentError | None:
         if cmd.deadline is not None and time.monotonic() > cmd.deadline:

@@ -468,13 +468,12 @@ class MqttAdapter:
 
     def _send_state(self, key: RoiKey) -> None:
         try:
-            state = self.agent.services.roi_state(key)
+            state = self.agent.services.roi_state_body(key)
         except Exception:
             log.exception("ROI state unreadable", role_id=key.role_id, roi_id=key.roi_id)
             return
         topic = self.topics.roi(key.role_id, key.roi_id, "state")
-        ids = {"recipe_id": key.recipe_id, "role_id": key.role_id, "roi_id": key.roi_id}
-        self.outbox.publish(topic, json_payload({**state, **ids}), retain=True, expiry=False)
+        self.outbox.publish(topic, json_payload(state), retain=True, expiry=False)
 
     def _stats_loop(self) -> None:
         while not self._stop.wait(self.cfg.stats_interval_s):
