@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Locator, Page, expect, sync_playwright
 
 from tests.adapters.test_http_support import (  # noqa: F401 (fixtures)
     FORM,
@@ -48,6 +48,44 @@ def chromium() -> str:
 def shot(page: Page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+# The theme's colours as the charts draw them (charts.js).
+GREEN, RED = (63, 185, 80), (248, 81, 73)
+
+# How many pixels of a chart's canvas are near a colour: what a user sees drawn there
+# (uPlot draws on a canvas, so there is no element per bar or dot to find).
+COLOURED = """([selector, rgb]) => {
+  const canvas = document.querySelector(`${selector} canvas`);
+  if (!canvas) return -1;
+  const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
+  let n = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    const near = [0, 1, 2].every((c) => Math.abs(data[i + c] - rgb[c]) < 40);
+    if (near && data[i + 3] > 100) n += 1;
+  }
+  return n;
+}"""
+
+
+def coloured(page: Page, chart: str, rgb: tuple[int, int, int], drawn: bool) -> None:
+    """Wait until the chart shows that colour (drawn) or shows none of it."""
+    test = f"(a) => ({COLOURED})(a) {'> 0' if drawn else '=== 0'}"
+    page.wait_for_function(test, arg=[chart, list(rgb)])
+
+
+def chart_is_drawn(page: Page, chart: str) -> None:
+    """A uPlot canvas a user can see: drawn, with a size, not a placeholder message."""
+    expect(page.locator(chart)).to_have_attribute("data-chart", "drawn")
+    canvas = page.locator(f"{chart} canvas")
+    expect(canvas).to_be_visible()
+    box = canvas.bounding_box()
+    assert box and box["width"] > 150 and box["height"] > 100, box
+
+
+def legend(page: Page, chart: str, label: str) -> Locator:
+    """The value a chart's legend shows next to one label (the summary, not hovered)."""
+    return page.locator(f'{chart} .u-series:has(.u-label:text-is("{label}")) .u-value')
 
 
 def test_the_console_shows_the_agent_live(
@@ -95,6 +133,8 @@ def test_the_console_shows_the_agent_live(
         expect(row.locator(".memory")).to_contain_text("fitted")
         expect(row.locator(".threshold")).to_have_text("uncalibrated")
         expect(page.locator("#viewer-empty")).to_be_visible()
+        expect(page.locator("#trend .chart-empty")).to_have_text("no verdict for this ROI yet")
+        expect(page.locator("#calibration .chart-empty")).to_contain_text("not calibrated")
 
         # A verdict through the real path arrives live, with its image and heatmap.
         reply = api.post("/infer", data=FORM, files=image(ok_pngs[9])).json()
@@ -105,6 +145,9 @@ def test_the_console_shows_the_agent_live(
         page.wait_for_function("document.querySelector('#verdicts img').naturalWidth > 0")
         expect(page.locator("#viewer-facts")).to_contain_text(f"{reply['score']:.4f}")
         expect(row.locator(".last-score")).to_have_text(f"{reply['score']:.4f}")
+        expect(row.locator(".spark canvas")).to_be_visible()
+        chart_is_drawn(page, "#trend")
+        expect(legend(page, "#trend", "score")).to_have_text(f"{reply['score']:.4f}")
         # /stats is polled every few seconds: the infer's time shows.
         expect(page.locator("#stats")).to_contain_text(re.compile(r"p50 \d+\.\d / p95 \d+\.\d ms"))
         page.locator("#opacity").fill("85")
@@ -118,11 +161,17 @@ def test_the_console_shows_the_agent_live(
         assert calibrated.status_code == 200, calibrated.json()
         threshold = calibrated.json()["threshold"]
         expect(row.locator(".threshold")).to_have_text(f"{threshold:.4f}")
-        # The stored scores drawn as histograms, with the threshold, p99 OK and p5 NG.
-        expect(page.locator("#calibration rect.hist-ok")).to_have_count(3)
-        expect(page.locator("#calibration rect.hist-ng")).to_have_count(1)
-        for line in ("threshold", "p99 OK", "p5 NG"):
-            expect(page.locator(f'#calibration line[data-line="{line}"]')).to_have_count(1)
+        # The stored scores drawn as histograms (OK green, NG red), with the threshold,
+        # p99 OK and p5 NG named in the legend with their values.
+        chart_is_drawn(page, "#calibration")
+        kept = api.get("/manifest", params=ROI).json()["calibration"]
+        expect(legend(page, "#calibration", "OK")).to_have_text("3")
+        expect(legend(page, "#calibration", "NG")).to_have_text("1")
+        expect(legend(page, "#calibration", "threshold")).to_have_text(f"{threshold:.4f}")
+        expect(legend(page, "#calibration", "p99 OK")).to_have_text(f"{kept['p99_ok']:.4f}")
+        expect(legend(page, "#calibration", "p5 NG")).to_have_text(f"{kept['p5_ng']:.4f}")
+        coloured(page, "#calibration", GREEN, drawn=True)
+        coloured(page, "#calibration", RED, drawn=True)
         for disc in ok_pngs[9:12]:
             assert api.post("/infer", data=FORM, files=image(disc)).status_code == 200
         expect(page.locator("#verdicts li")).to_have_count(4)
@@ -131,7 +180,12 @@ def test_the_console_shows_the_agent_live(
         expect(alert).to_contain_text("3 anomalous verdicts in a row")
         expect(page.locator("#alert-banner")).to_be_visible()
         expect(row).to_have_class(re.compile(r"\bin-alert\b"))
-        expect(page.locator("#trend circle.pt-ng")).to_have_count(3)
+        # The trend: three NG dots (red) under the threshold's dashed line, named in the
+        # legend and on the line.
+        chart_is_drawn(page, "#trend")
+        expect(legend(page, "#trend", "NG")).to_have_text("3")
+        expect(legend(page, "#trend", "threshold")).to_have_text(f"{threshold:.4f}")
+        coloured(page, "#trend", RED, drawn=True)
         shot(page, "03-alert")
 
         # Events sent while the stream is down arrive after it reconnects: the alert's end
@@ -154,14 +208,22 @@ def test_the_console_shows_the_agent_live(
         page.click("#recalibrate")
         expect(page.locator("#recalibrate-status")).to_contain_text("threshold")
         expect(page.locator("#calibration-note")).to_contain_text("(self_scored)")
-        expect(page.locator("#calibration rect.hist-ng")).to_have_count(0)
-        expect(page.locator("#calibration rect.hist-ok").first).to_be_visible()
+        expect(legend(page, "#calibration", "NG")).to_have_text("0")
+        expect(legend(page, "#calibration", "p5 NG")).to_have_text("—")
+        chart_is_drawn(page, "#calibration")
+        coloured(page, "#calibration", GREEN, drawn=True)
+        coloured(page, "#calibration", RED, drawn=False)  # no NG bar, no p5 NG line
         shot(page, "05-recalibrated")
 
         # Usable on a laptop and on a tablet held upright.
         for name, size in (("06-1280x800", (1280, 800)), ("07-tablet-820x1180", (820, 1180))):
             page.set_viewport_size({"width": size[0], "height": size[1]})
             expect(page.locator("#recalibrate")).to_be_visible()
+            for chart in ("#trend", "#calibration"):
+                chart_is_drawn(page, chart)  # sized again to the narrower column
+                width = page.locator(f"{chart} canvas").bounding_box()["width"]
+                column = page.locator(chart).bounding_box()["width"]
+                assert width <= column, (name, chart, width, column)
             shot(page, name)
 
         assert page.evaluate(PARSE_TRICKY_STREAM) == TRICKY_STREAM_EVENTS

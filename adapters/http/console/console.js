@@ -1,4 +1,5 @@
-// The operators' console (contract section 9): plain JavaScript, no library, no build.
+// The operators' console (contract section 9): plain JavaScript, no build; the charts
+// are drawn by uPlot (vendored) through charts.js.
 //
 // It reads the agent's API relative to its own address (/ui/ -> ../), so it also works
 // behind a proxy that serves the agent under a prefix. With an API key configured, every
@@ -226,7 +227,7 @@ function renderRois() {
         td.className = "last-score " + (last ? (last.is_anomaly ? "score-ng" : last.is_anomaly === false ? "score-ok" : "") : "");
         td.textContent = last ? fmt(last.score) : "—";
       }),
-      cell("", (td) => td.append(sparkline(entry))),
+      cell("", (td) => td.append(sparkline(entry.key, entry.scores.slice(-SPARK_POINTS)))),
     );
     row.addEventListener("click", () => selectRoi(entry.key));
     tbody.append(row);
@@ -464,38 +465,10 @@ function renderAlertBanner() {
     : "";
 }
 
-// -- charts (inline SVG) -------------------------------------------------------------------
+// -- charts (charts.js) --------------------------------------------------------------------
 
-const SVG = "http://www.w3.org/2000/svg";
-
-function svg(tag, attrs = {}, text) {
-  const el = document.createElementNS(SVG, tag);
-  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
-  if (text !== undefined) el.textContent = text;
-  return el;
-}
-
-function thresholdOf(entry) {
-  const s = entry.state || {};
-  if (s.calibrated && s.threshold !== null && s.threshold !== undefined) return s.threshold;
-  const last = entry.scores[entry.scores.length - 1];
-  return last ? last.threshold : null;
-}
-
-function sparkline(entry) {
-  const el = svg("svg", { class: "spark", viewBox: "0 0 90 26" });
-  const points = entry.scores.slice(-SPARK_POINTS);
-  if (!points.length) return el;
-  const thr = thresholdOf(entry);
-  const top = Math.max(...points.map((p) => p.score), thr ?? 0) * 1.1 || 1;
-  const x = (i) => (points.length === 1 ? 45 : 3 + (i * 84) / (points.length - 1));
-  const y = (v) => 24 - (v / top) * 22;
-  if (thr !== null && thr !== undefined) el.append(svg("line", { x1: 0, x2: 90, y1: y(thr), y2: y(thr), stroke: "#e3b341", "stroke-dasharray": "3 2" }));
-  el.append(svg("polyline", { points: points.map((p, i) => `${x(i)},${y(p.score)}`).join(" "), fill: "none", stroke: "#58a6ff", "stroke-width": 1.5 }));
-  const last = points[points.length - 1];
-  el.append(svg("circle", { cx: x(points.length - 1), cy: y(last.score), r: 2.5, fill: last.is_anomaly ? "#f85149" : "#3fb950" }));
-  return el;
-}
+const trendChart = new TrendChart($("trend"));
+const calibrationChart = new CalibrationChart($("calibration"));
 
 function renderDetail() {
   const entry = state.rois.get(state.selectedRoi);
@@ -505,39 +478,14 @@ function renderDetail() {
 }
 
 function drawTrend(entry) {
-  const el = $("trend");
-  el.replaceChildren();
-  const W = 600, H = 200, L = 48, R = 10, T = 12, B = 22;
   const points = entry ? entry.scores : [];
-  if (!points.length) {
-    el.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, entry ? "no verdict for this ROI yet" : "select a ROI"));
-    return;
-  }
-  const thr = thresholdOf(entry);
-  const top = Math.max(...points.map((p) => p.score), thr ?? 0) * 1.15 || 1;
-  const x = (i) => (points.length === 1 ? (L + W - R) / 2 : L + (i * (W - L - R)) / (points.length - 1));
-  const y = (v) => H - B - (v / top) * (H - T - B);
-  el.append(svg("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }), svg("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
-  for (const v of [0, top / 2, top]) el.append(svg("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" }, fmt(v, 3)));
-  el.append(svg("text", { x: W - R, y: H - 6, "text-anchor": "end" }, `last ${points.length} verdict${points.length === 1 ? "" : "s"}`));
-  if (thr !== null && thr !== undefined) {
-    el.append(svg("line", { class: "threshold", x1: L, x2: W - R, y1: y(thr), y2: y(thr) }));
-    el.append(svg("text", { class: "threshold-label", x: L + 4, y: y(thr) - 4 }, `threshold ${fmt(thr)}`));
-  }
-  el.append(svg("polyline", { class: "trend-line", points: points.map((p, i) => `${x(i)},${y(p.score)}`).join(" ") }));
-  points.forEach((p, i) => {
-    const kind = p.is_anomaly === true ? "ng" : p.is_anomaly === false ? "ok" : "none";
-    const dot = svg("circle", { class: `pt-${kind}`, cx: x(i), cy: y(p.score), r: 3.5 });
-    dot.append(svg("title", {}, `#${p.seq}: ${fmt(p.score)}`));
-    el.append(dot);
-  });
+  if (!points.length) return trendChart.message(entry ? "no verdict for this ROI yet" : "select a ROI");
+  trendChart.show(entry.key, points);
 }
 
-// The calibration as the agent stores it: the OK and NG scores it was chosen from (at most
-// 2,000 of each, thinned evenly), drawn as two histograms, OK above the axis and NG below,
-// with the threshold, the OK scores' p99 (the score_percentile) and the NG scores' p5.
-// Calibrations stored before the scores were kept show bands over the summary numbers.
-// The ticks along the axis are this ROI's recent verdict scores.
+// The calibration as the agent stores it, read from the ROI's manifest: the OK and NG
+// scores it was chosen from (at most 2,000 of each, thinned evenly) and its summary
+// numbers, drawn by CalibrationChart (charts.js).
 const manifests = new Map(); // roi key -> the ROI's /manifest body (null: none)
 const calibrationsLoading = new Set();
 
@@ -602,9 +550,6 @@ async function recalibrate() {
 }
 
 function drawCalibration(entry) {
-  const el = $("calibration");
-  el.replaceChildren();
-  const W = 600, H = 190, L = 64, R = 28, MID = 96;
   const m = entry ? manifests.get(entry.key) : null;
   if (entry && m === undefined) loadCalibration(entry);
   drawRoiTools(entry);
@@ -612,73 +557,15 @@ function drawCalibration(entry) {
   const c = calibrated && m ? m.calibration || null : calibrated ? m : null;
   const note = $("calibration-note");
   if (!entry || !c) {
-    const text = !entry ? "select a ROI" : c === undefined ? "loading…" : "not calibrated (POST /calibrate_ng)";
-    el.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, text));
     note.textContent = "";
-    return;
+    const text = !entry ? "select a ROI" : c === undefined ? "loading…" : "not calibrated (POST /calibrate_ng)";
+    return calibrationChart.message(text);
   }
-  const okScores = Array.isArray(c.ok_scores) ? c.ok_scores : null;
-  const ngScores = Array.isArray(c.ng_scores) ? c.ng_scores : [];
-  const recent = entry.scores.map((p) => p.score);
-  const values = [c.threshold, c.ok_mean, c.p99_ok, c.p5_ng, c.ng_mean, ...recent, ...(okScores || []), ...ngScores]
-    .filter((v) => v !== null && v !== undefined);
-  const top = values.reduce((a, b) => Math.max(a, b), 0) * 1.1 || 1;
-  const x = (v) => L + (v / top) * (W - L - R);
-  el.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: MID, y2: MID }));
-  for (const v of [0, top / 2, top]) el.append(svg("text", { x: x(v), y: H - 4, "text-anchor": "middle" }, fmt(v, 3)));
-  if (okScores) {
-    histogram(el, "hist-ok", okScores, x, top, MID, -1);
-    histogram(el, "hist-ng", ngScores, x, top, MID, +1);
-    el.append(svg("text", { x: L - 6, y: MID - 30, "text-anchor": "end" }, `OK (${c.n_ok ?? okScores.length})`));
-    el.append(svg("text", { x: L - 6, y: MID + 40, "text-anchor": "end" }, `NG (${c.n_ng ?? ngScores.length})`));
-  } else {
-    bands(el, c, x, MID);
-  }
-  const mark = (cls, label, v, y) => {
-    if (v === null || v === undefined) return;
-    el.append(svg("line", { class: cls, "data-line": label, x1: x(v), x2: x(v), y1: 8, y2: H - 20 }));
-    // Near the right edge the label goes to the line's left, so it is not cut off.
-    const left = x(v) > W - R - 130;
-    el.append(svg("text", { class: `${cls}-label`, x: x(v) + (left ? -4 : 4), y, "text-anchor": left ? "end" : "start" }, `${label} ${fmt(v)}`));
-  };
-  mark("line-p99", `p${c.score_percentile ?? 99} OK`, c.p99_ok, 30);
-  mark("line-p5", "p5 NG", c.p5_ng, 44);
-  mark("threshold", "threshold", c.threshold, 16);
-  for (const s of recent) el.append(svg("line", { class: "rug", x1: x(s), x2: x(s), y1: MID - 5, y2: MID + 5 }));
+  calibrationChart.show(c, entry.scores.map((p) => p.score));
   const ng = c.n_ng ? `NG p5 ${fmt(c.p5_ng)} – mean ${fmt(c.ng_mean)}` : "no NG scores";
-  const kept = okScores ? "" : " This calibration predates stored scores: the bands span its summary numbers.";
+  const kept = Array.isArray(c.ok_scores) ? "" : " This calibration predates stored scores: the bands span its summary numbers.";
   note.textContent = `OK mean ${fmt(c.ok_mean)} – p${c.score_percentile ?? 99} ${fmt(c.p99_ok)}; ${ng}; ` +
-    `threshold ${fmt(c.threshold)} (${c.method || "calibrated"}). Blue ticks on the axis: recent verdicts.${kept}`;
-}
-
-// Bars of a score histogram from the axis at `mid`, up (dir -1) or down (dir +1), each
-// histogram scaled to its own tallest bin so a few NG scores stay visible next to many OK.
-function histogram(el, cls, scores, x, top, mid, dir) {
-  if (!scores.length) return;
-  const BINS = 40, HEIGHT = 70;
-  const counts = new Array(BINS).fill(0);
-  for (const s of scores) counts[Math.min(BINS - 1, Math.max(0, Math.floor((s / top) * BINS)))] += 1;
-  const most = Math.max(...counts);
-  counts.forEach((n, i) => {
-    if (!n) return;
-    const h = Math.max(2, (n / most) * HEIGHT);
-    const x0 = x((i * top) / BINS), x1 = x(((i + 1) * top) / BINS);
-    const bar = svg("rect", { class: cls, x: x0, width: Math.max(1, x1 - x0 - 1), y: dir < 0 ? mid - h : mid, height: h });
-    bar.append(svg("title", {}, `${n} score${n === 1 ? "" : "s"} in ${fmt((i * top) / BINS)}–${fmt(((i + 1) * top) / BINS)}`));
-    el.append(bar);
-  });
-}
-
-// Summary bands, for a calibration stored without its scores.
-function bands(el, c, x, mid) {
-  const band = (cls, label, lo, hi, y) => {
-    if (lo === null || lo === undefined || hi === null || hi === undefined) return;
-    const a = Math.min(lo, hi), b = Math.max(lo, hi);
-    el.append(svg("rect", { class: cls, x: x(a), y, width: Math.max(3, x(b) - x(a)), height: 26, rx: 3 }));
-    el.append(svg("text", { x: x(0) - 6, y: y + 17, "text-anchor": "end" }, label));
-  };
-  band("band-ok", `OK (${c.n_ok ?? "?"})`, c.ok_mean, c.p99_ok, mid - 40);
-  band("band-ng", `NG (${c.n_ng ?? 0})`, c.p5_ng, c.ng_mean, mid + 14);
+    `threshold ${fmt(c.threshold)} (${c.method || "calibrated"}). Blue ticks on the zero line: recent verdicts.${kept}`;
 }
 
 // -- the event stream: fetch() and the SSE parser of sse.js --------------------------------
