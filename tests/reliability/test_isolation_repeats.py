@@ -34,7 +34,7 @@ ROI_B = {"role_id": "Inspection", "roi_id": "Inspection_2"}
 
 
 @pytest.mark.reliability(
-    "bad_input", "a busy reply, then the same request id once the queue drained"
+    "bad_input", "busy infer and fit_ok, then the same request ids once the queue drained"
 )
 def test_a_busy_reply_is_never_the_answer_to_a_retry(
     broker: Broker, mqtt_agent, ok_pngs, record_property
@@ -43,6 +43,7 @@ def test_a_busy_reply_is_never_the_answer_to_a_retry(
     fit(agent, ok_pngs[:3])
     plc = Client(broker.port, client_id="plc-busy")
     request = {**ROI, "request_id": "retry-me", "mm_per_px": MM, "image": b64(ok_pngs[4])}
+    store = {**ROI, "request_id": "retry-fit", "mm_per_px": MM, "images": [b64(ok_pngs[7])]}
     try:
         # Another agent on the root refits this ROI: our fit waits for it, the queue fills.
         with agent.services.models.refit_lock(RoiKey.of(**ROI)):
@@ -52,16 +53,26 @@ def test_a_busy_reply_is_never_the_answer_to_a_retry(
             waiting = agent.bus.submit(parse_command("manifest", ROI, "test"))
             busy = ask(plc, PREFIX, "infer", **request)
             assert busy["error"]["kind"] == "busy" and "queue full" in busy["error"]["message"]
+            # A mutating command's busy must not reach the journal either.
+            busy_fit = ask(plc, PREFIX, "fit_ok", **store)
+            assert busy_fit["error"]["kind"] == "busy", busy_fit
         assert fitting.result(120).ok and waiting.result(120).ok
         plc.publish(f"{PREFIX}/cmd/infer", request)
         retried = replies_to(plc, "retry-me", count=2)[1]
         assert retried["ok"] and isinstance(retried["score"], float), retried
         assert retried["seq"] > busy["seq"]
+        plc.publish(f"{PREFIX}/cmd/fit_ok", store)
+        stored = replies_to(plc, "retry-fit", count=2)[1]
+        assert stored["ok"] and stored["ok_added"] == 1, stored
+        listing = ask(plc, PREFIX, "dataset_list", **ROI, label="ok")
+        assert listing["datasets"]["ok"]["count"] == 5  # 3 + the fit's 1 + the retry's 1
     finally:
         plc.close()
-    record_property("tried", 2)
+    record_property("tried", 4)
     record_property("failures", 0)
-    record_property("detail", "busy while the queue was full; the retry with its id was run")
+    record_property(
+        "detail", "infer and fit_ok busy while the queue was full; each retry with its id was run"
+    )
 
 
 @pytest.mark.reliability("bad_input", "one request id reused for fit_ok and infer on another ROI")
