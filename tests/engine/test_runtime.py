@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from agent.demo.discs import encode_png, make_set
 from engine.backbone.artefacts import Artefacts, _valid
@@ -228,4 +229,94 @@ def test_scores_of_one_memory_agree_across_the_runtimes_it_accepts(
     ):
         fx = extractor(trial_dir, runtime=runtime, precision=precision)
         scores = [p.score for p in PatchCore(fx).predict(memory, discs[5:])]
+        # One feature space, but embeddings cached apart: close is not equal.
+        assert fx.feature_id == torch_fx.feature_id and fx.cache_id != torch_fx.cache_id
         assert np.allclose(scores, reference, rtol=1e-3, atol=1e-4), (runtime, precision)
+
+
+def test_a_start_reuses_the_choice_until_weights_size_or_a_library_change(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Each start, not only the key: a remembered choice serves the next start; other
+    weights, another input size or another library version run the gate again."""
+    folder = tmp_path / "runtime"
+    pinned = {"runtime": "onnxruntime", "precision": "fp32"}  # one candidate: gated, untimed
+
+    def started(**config) -> str:
+        fx = extractor(folder, **{**pinned, **config})
+        fx.load()
+        return fx.choice.source
+
+    assert started() == "settings"  # the first start gates it
+    assert started() == "remembered"
+    assert started(input_size=SIZE + 14) == "settings"
+    weights = tmp_path / "other.safetensors"
+    state = other_model(7).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+    assert started(weights=str(weights)) == "settings"
+    real_version = __import__("importlib.metadata").metadata.version
+    monkeypatch.setattr(
+        "importlib.metadata.version",
+        lambda name: "99.0" if name == "onnxruntime" else real_version(name),
+    )
+    assert started() == "settings"
+    assert len(list(folder.glob("choice-*.json"))) == 4
+
+
+def test_int8_is_calibrated_and_gated_on_the_stored_ok_images(
+    tmp_path: Path, discs: list[np.ndarray], monkeypatch
+) -> None:
+    """The stored OK crops the agent hands over are the gate's batch and NNCF's
+    calibration set; a start that reuses its choice does not read them."""
+    from engine.backbone import artefacts as artefacts_module
+    from engine.backbone.trial import reference_batch
+    from engine.preprocess import normalise
+
+    calibrated: list[list[np.ndarray]] = []
+
+    def nncf_int8(ir: Path, model, calibration):  # records its set, keeps the fp32 graph
+        import openvino as ov
+
+        calibrated.append(calibration())
+        return ov.Core().read_model(str(ir))
+
+    monkeypatch.setattr(artefacts_module, "_nncf_int8", nncf_int8)
+    reads: list[int] = []
+
+    def stored_ok() -> list[np.ndarray]:
+        reads.append(1)
+        return discs[:2]
+
+    def start() -> FeatureExtractor:
+        config = BackboneConfig(
+            weights="random",
+            input_size=SIZE,
+            runtime="openvino",
+            precision="int8",
+            runtime_dir=tmp_path,
+            trial_budget_s=2,
+        )
+        fx = FeatureExtractor(config, stored_ok, hardware=AVX2_ONLY)
+        fx.load()
+        return fx
+
+    assert start().runtime_id == "openvino-int8" and reads == [1]
+    [batch] = calibrated
+    assert len(batch) == 3  # two stored crops first, one generated image after them
+    for got, disc in zip(batch[:2], discs[:2], strict=True):
+        assert np.array_equal(got, normalise(disc[None])[0])
+    assert np.array_equal(batch[2], reference_batch([], SIZE, n=1)[0])
+    again = start()
+    assert again.choice.source == "remembered" and reads == [1] and len(calibrated) == 1
+
+
+def test_a_missing_extra_under_auto_is_a_row_and_another_runtime_serves(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    fx = extractor(tmp_path, precision="fp32")
+    fx.load()
+    rows = {(r.runtime, r.precision): r for r in fx.choice.rows}
+    assert rows[("openvino", "fp32")].status == "unavailable"
+    assert "pip install '.[openvino]'" in rows[("openvino", "fp32")].reason
+    assert fx.choice.runtime in ("torch", "onnxruntime")
