@@ -182,6 +182,10 @@ def test_manifest_reports_memory_calibration_and_counts(tmp_path: Path) -> None:
     assert manifest["memory"]["token_shape"] == [4, 5]
     assert manifest["calibration"] == {"threshold": 0.4}
     assert manifest["datasets"] == {"ok": 0, "ng": 1}
+    # The runtime whose features built the memory; older memories were all torch fp32's.
+    assert manifest["memory"]["runtime"] == "torch-fp32"
+    models.save_memory(key, memory.with_info(runtime="onnxruntime-int8"))
+    assert roi_manifest(models, datasets, key)["memory"]["runtime"] == "onnxruntime-int8"
 
 
 def test_read_memory_refuses_a_malformed_bank(tmp_path: Path) -> None:
