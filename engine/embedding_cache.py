@@ -1,7 +1,8 @@
 """Per-sample patch embeddings on disk, so a refit runs the backbone only on new images.
 
-Keyed by the sample's sha256 and the extractor's ``feature_id`` (weights hash, input
-size, layers): changing any of them simply misses the cache.
+Keyed by the sample's sha256 and the extractor's ``cache_id`` (weights hash, input size,
+layers, and the runtime and precision that computed the features): changing any of them
+simply misses the cache, so a memory is never built from another runtime's embeddings.
 """
 
 from __future__ import annotations
