@@ -2,17 +2,20 @@
 bad message, id, reply and inbox entry of the issue in a row, keeps answering, and stops
 at SIGTERM with a clean exit.
 
-It starts on a data root holding a ROI stored under an id with DEL by an older version:
-mosquitto would drop the connection at every reconnect had its state been published.
+It starts on a data root holding a ROI stored under an id with DEL by an older version
+(mosquitto would drop the connection at every reconnect had its state been published), and
+a spool whose head no broker takes (a wildcard topic, a file that is no JSON).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from adapters.mqtt.spool import REJECTED, spool_folder
 from engine.keys import RoiKey
 from engine.memory import Memory, MemoryInfo, new_model_version
 from engine.store import ModelStore
@@ -21,6 +24,7 @@ from tests.reliability.fault_support import HttpAgent
 from tests.reliability.isolation_support import MM, ROI, ask, b64
 
 AGENT = "gauntlet"
+ROI_B = {"role_id": "Inspection", "roi_id": "Inspection_2"}
 PREFIX = f"bdi/{AGENT}"
 
 
@@ -30,6 +34,18 @@ def quick_broker(tmp_path: Path):
     server.start()
     yield server
     server.stop()
+
+
+def _poisoned_spool(data: Path) -> Path:
+    """What an older version left at the head of this agent's spool: a reply to a wildcard
+    ResponseTopic and a file that is no JSON. Returns the folder they go aside to."""
+    folder = spool_folder(data, AGENT)
+    folder.mkdir(parents=True)
+    record = {"qos": 1, "retain": False, "spooled_at": 0, "expiry_s": None, "correlation": None}
+    wildcard = {**record, "topic": "replies/#", "payload": "{}"}
+    (folder / f"{1:020d}.json").write_text(json.dumps(wildcard))
+    (folder / f"{2:020d}.json").write_bytes(b"{not json")
+    return folder / REJECTED
 
 
 def _stored_under_a_bad_id(data: Path) -> None:
@@ -53,6 +69,7 @@ def test_the_agent_takes_every_bad_input_in_a_row_and_stops_cleanly(
 ) -> None:
     data = tmp_path / "data"
     _stored_under_a_bad_id(data)
+    rejected = _poisoned_spool(data)
     watcher = Client(quick_broker.port, client_id="watcher", subscribe=(f"{PREFIX}/#",))
     agent = HttpAgent(
         data,
@@ -67,8 +84,13 @@ def test_the_agent_takes_every_bad_input_in_a_row_and_stops_cleanly(
     try:
         agent.wait_ready()
         watcher.wait_for(lambda t, b: t == f"{PREFIX}/status" and b == "online", timeout=60)
+        # Online means the spool was flushed: its poisoned head went aside, not out.
+        assert sorted(p.name for p in rejected.iterdir()) == [f"{n:020d}.json" for n in (1, 2)]
         images = [b64(p) for p in ok_pngs[:3]]
-        assert ask(watcher, PREFIX, "fit_ok", **ROI, mm_per_px=MM, images=images)["ok"]
+        fitted = ask(
+            watcher, PREFIX, "fit_ok", request_id="fit-1", **ROI, mm_per_px=MM, images=images
+        )
+        assert fitted["ok"], fitted
         image = b64(ok_pngs[4])
         infer = {**ROI, "mm_per_px": MM, "image": image, "heatmap": False}
         bad = {
@@ -79,6 +101,10 @@ def test_the_agent_takes_every_bad_input_in_a_row_and_stops_cleanly(
                 {**infer, "shape": {"kind": "polygon", "points": [[1, 2]] * 10_001}},
             ),
             "300 items": ("infer_batch", {"items": [infer] * 300}),
+            "reused id": (
+                "fit_ok",
+                {**ROI_B, "request_id": "fit-1", "mm_per_px": MM, "images": images},
+            ),
         }
         for name, (command, payload) in bad.items():
             reply = ask(watcher, PREFIX, command, **payload)
@@ -115,6 +141,7 @@ def test_the_agent_takes_every_bad_input_in_a_row_and_stops_cleanly(
         "scale 1e200": "bad_request",
         "polygon": "bad_request",
         "300 items": "payload_too_large",
+        "reused id": "bad_request",
         "ResponseTopic": "bad_request",
         "symlink": "bad_request",
     }
