@@ -26,11 +26,15 @@ from agent.config_checks import (
     Device,
     Layers,
     LogLevel,
+    OptionalPath,
     OptionalTopicLevel,
     PathList,
+    ReadableFile,
+    SettingPath,
     StrList,
     TopicLevel,
     TopicLevels,
+    Weights,
     error_line,
     unreadable,
 )
@@ -45,9 +49,9 @@ class Section(BaseModel):
 
 
 class MqttTls(Section):
-    ca_file: Path | None = Field(None, description="CA bundle; enables TLS when set")
-    cert_file: Path | None = Field(None, description="client certificate (mutual TLS)")
-    key_file: Path | None = Field(None, description="client private key (mutual TLS)")
+    ca_file: ReadableFile = Field(None, description="CA bundle; enables TLS when set")
+    cert_file: ReadableFile = Field(None, description="client certificate (mutual TLS)")
+    key_file: ReadableFile = Field(None, description="client private key (mutual TLS)")
     insecure: bool = Field(False, description="skip host-name verification (lab only)")
 
 
@@ -114,9 +118,9 @@ class Settings(BaseSettings):
     )
 
     agent_id: TopicLevel = Field(default_factory=socket.gethostname, description="topic namespace")
-    data_root: Path = Field(Path("data"), description="models, datasets, inbox, spool")
-    models_dir: Path | None = Field(None, description="default <data_root>/models")
-    backbone_weights: str = Field("hub", description="file path | hub | random")
+    data_root: SettingPath = Field(Path("data"), description="models, datasets, inbox, spool")
+    models_dir: OptionalPath = Field(None, description="default <data_root>/models")
+    backbone_weights: Weights = Field("hub", description="file path | hub | random")
     device: Device = Field("auto", description="auto | cpu | cuda | cuda:N")
     runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
         "auto", description="backbone runtime; auto: the fastest that passes the fidelity gate"
@@ -124,7 +128,7 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
         "auto", description="backbone precision; auto: those the hardware runs natively"
     )
-    runtime_dir: Path | None = Field(
+    runtime_dir: OptionalPath = Field(
         None, description="exported backbones and runtime choices; default <models>/runtime"
     )
     runtime_trial_s: float = Field(
@@ -149,7 +153,7 @@ class Settings(BaseSettings):
     queue_size: int = Field(64, ge=1, description="commands waiting; beyond: busy")
     api_key: str | None = Field(None, description="X-API-Key required when set")
     log_level: LogLevel = Field("INFO", description="DEBUG | INFO | WARNING | ERROR")
-    rois_file: Path = Field(Path("configs/rois.yaml"), description="per-ROI defaults")
+    rois_file: SettingPath = Field(Path("configs/rois.yaml"), description="per-ROI defaults")
     alert_consecutive: int = Field(3, ge=1, description="anomalies in a row that alert")
     recent_max: int = Field(50, ge=0, description="recent verdicts kept with their images")
     recent_max_bytes: int = Field(

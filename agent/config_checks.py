@@ -98,6 +98,49 @@ def optional_topic_level(value: str | None) -> str | None:
     return None if value is None else topic_level(value)
 
 
+def non_empty_path(value: Any) -> Any:
+    """An empty variable (``BDI_DATA_ROOT=`` in an env file) would be the current folder:
+    the data would land wherever the agent was started."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("must not be empty (leave the variable out for the default)")
+    return value
+
+
+WEIGHTS_WORDS = ("hub", "random")
+WEIGHTS_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
+def check_weights(value: str) -> str:
+    """``hub``, ``random`` or a checkpoint's path. A missing file is not refused here: the
+    agent starts without weights and ``health`` says how to provide them."""
+    text = value.strip()
+    if text.lower() in WEIGHTS_WORDS:
+        return text.lower()
+    if not text.lower().endswith(WEIGHTS_SUFFIXES):
+        raise ValueError(
+            "must be hub, random or the path of a .pth, .pt or .safetensors checkpoint"
+        )
+    return text
+
+
+def readable_file(value: Path | None) -> Path | None:
+    """A file the agent opens when it connects (TLS): refused at start rather than a
+    traceback from the MQTT library once the adapter is built."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a file")
+    try:
+        with path.open("rb"):
+            pass
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise ValueError(unreadable(path, "file", exc)) from None
+    return path
+
+
 PathList = Annotated[list[Path], NoDecode, BeforeValidator(split_list)]
 StrList = Annotated[list[str], NoDecode, BeforeValidator(split_list)]
 Layers = Annotated[list[int], NoDecode, BeforeValidator(split_list), AfterValidator(check_layers)]
@@ -106,6 +149,12 @@ TopicLevel = Annotated[str, AfterValidator(topic_level)]
 OptionalTopicLevel = Annotated[str | None, AfterValidator(optional_topic_level)]
 TopicLevels = Annotated[str, AfterValidator(topic_levels)]
 LogLevel = Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(upper)]
+SettingPath = Annotated[Path, BeforeValidator(non_empty_path)]
+OptionalPath = Annotated[Path | None, BeforeValidator(non_empty_path)]
+ReadableFile = Annotated[
+    Path | None, BeforeValidator(non_empty_path), AfterValidator(readable_file)
+]
+Weights = Annotated[str, AfterValidator(check_weights)]
 
 
 def env_name(loc: tuple[Any, ...]) -> str:

@@ -41,6 +41,18 @@ BAD_SETTINGS = [
     ("BDI_HTTP__PORT", "70000", ["http.port (BDI_HTTP__PORT)", "65535"]),
     ("BDI_FOLDERS__RETENTION_DAYS", "-1", ["folders.retention_days", "greater than or equal"]),
     ("BDI_FOLDERS__SETTLE_MS", "soon", ["folders.settle_ms (BDI_FOLDERS__SETTLE_MS)", "integer"]),
+    # An empty line in an env file would put the data in the folder the agent started in.
+    ("BDI_DATA_ROOT", "", ["data_root (BDI_DATA_ROOT)", "must not be empty"]),
+    ("BDI_MODELS_DIR", " ", ["models_dir (BDI_MODELS_DIR)", "must not be empty"]),
+    ("BDI_ROIS_FILE", "", ["rois_file (BDI_ROIS_FILE)", "must not be empty"]),
+    ("BDI_BACKBONE_WEIGHTS", "huggingface", ["backbone_weights", "hub, random or the path"]),
+    ("BDI_BACKBONE_WEIGHTS", "/models/vits14.onnx", ["(BDI_BACKBONE_WEIGHTS)", ".safetensors"]),
+    (
+        "BDI_MQTT__TLS__CA_FILE",
+        "/nonexistent/ca.pem",
+        ["mqtt.tls.ca_file (BDI_MQTT__TLS__CA_FILE)", "/nonexistent/ca.pem does not exist"],
+    ),
+    ("BDI_MQTT__TLS__KEY_FILE", "/", ["mqtt.tls.key_file", "is a folder, not a file"]),
 ]
 
 
@@ -94,8 +106,24 @@ def test_lists_are_json_or_comma_lists(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_case_is_forgiven_where_it_carries_no_meaning(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BDI_LOG_LEVEL", "debug")
     monkeypatch.setenv("BDI_DEVICE", "CUDA:1")
+    monkeypatch.setenv("BDI_BACKBONE_WEIGHTS", "Hub")
     settings = load_settings()
     assert settings.log_level == "DEBUG" and settings.device == "cuda:1"
+    assert settings.backbone_weights == "hub"
+
+
+def test_files_named_by_settings_are_taken_as_they_are(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A checkpoint that is not there yet is no start-up refusal (the agent starts and its
+    health says how to provide it); a TLS file that is there passes."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not parsed here")
+    monkeypatch.setenv("BDI_BACKBONE_WEIGHTS", str(tmp_path / "later.safetensors"))
+    monkeypatch.setenv("BDI_MQTT__TLS__CA_FILE", str(ca))
+    settings = load_settings()
+    assert settings.backbone_weights == str(tmp_path / "later.safetensors")
+    assert settings.mqtt.tls.ca_file == ca
 
 
 def test_unknown_top_level_names_are_reported() -> None:
@@ -106,7 +134,11 @@ def test_unknown_top_level_names_are_reported() -> None:
 
 @pytest.mark.parametrize(
     ("name", "value", "field"),
-    [("BDI_DEVICE", "gpu", "device (BDI_DEVICE)"), ("BDI_LAYERS", "-1,99", "layers")],
+    [
+        ("BDI_DEVICE", "gpu", "device (BDI_DEVICE)"),
+        ("BDI_LAYERS", "-1,99", "layers"),
+        ("BDI_MQTT__TLS__CA_FILE", "/nonexistent/ca.pem", "mqtt.tls.ca_file"),
+    ],
 )
 def test_run_refuses_at_start_with_one_message(
     tmp_path: Path, name: str, value: str, field: str
