@@ -1,20 +1,26 @@
 """The documents name only what exists: every HTTP route, ``BDI_*`` variable and MQTT topic
 in README.md, docs/CONTRACT.md, docs/OPERATIONS.md and deploy/README.md is checked against
-the code, and the contract names every route the API serves."""
+the code, and the contract names every route the API serves. OPERATIONS.md's health codes
+and metric names are checked against a running HTTP adapter."""
+
+# ruff: noqa: F811
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
+from adapters.http.routes_console import CONSOLE_PATHS
 from adapters.http.routes_guard import PUBLIC_PATHS
 from adapters.mqtt.topics import Topics
 from agent.commands import COMMANDS
 from agent.config import LEGACY_NAMES, Settings
 from agent.config_checks import NOT_SETTINGS
+from tests.adapters.test_http_support import Server, serve  # noqa: F401 (fixture)
 from tests.support import ROOT
 
 DOCS = ["README.md", "docs/CONTRACT.md", "docs/OPERATIONS.md", "deploy/README.md"]
@@ -58,7 +64,9 @@ def test_the_contract_names_every_route(routes: set[tuple[str, str]]) -> None:
 def test_the_public_routes_named_are_the_public_routes() -> None:
     for doc in ("README.md", "docs/CONTRACT.md"):
         sentence = re.split(r"\.\s", text(doc).split("except the public", 1)[1], maxsplit=1)[0]
-        assert set(re.findall(r"`(/[^`]*)`", sentence)) == PUBLIC_PATHS, doc
+        # The console's page and files are public too (the page asks for the key): /ui/.
+        assert "/ui/" in CONSOLE_PATHS
+        assert set(re.findall(r"`(/[^`]*)`", sentence)) == PUBLIC_PATHS | {"/ui/"}, doc
 
 
 def _setting_exists(name: str) -> bool:
@@ -151,3 +159,46 @@ def test_the_makefile_points_at_sections_that_exist() -> None:
     readme = text("README.md")
     for section in re.findall(r'see README, "([^"]+)"', text("Makefile")):
         assert f"## {section}" in readme, section
+
+
+def _health_table() -> dict[str, int]:
+    """OPERATIONS.md's health table: status -> the HTTP code it promises."""
+    rows = re.findall(r"^\| `(\w+)` \| (\d{3}) \|", text("docs/OPERATIONS.md"), re.MULTILINE)
+    return {status: int(code) for status, code in rows}
+
+
+def test_each_health_status_gets_the_http_code_the_docs_give(
+    serve: Callable[..., Server],
+) -> None:
+    table = _health_table()
+    assert set(table) == {"ok", "degraded", "loading", "error"}, table
+    server = serve()
+    services, bus = server.agent.services, server.agent.bus
+    states = {  # status -> (the model's state, MQTT's state) that gives it
+        "ok": ("ready", "disabled"),
+        "degraded": ("ready", "disconnected"),
+        "loading": ("loading", "disabled"),
+        "error": ("error", "disabled"),
+    }
+    for status, (model_state, mqtt_state) in states.items():
+        services.model_state, services.model_error = model_state, "weights file x not found"
+        bus.mqtt_state = mqtt_state
+        response = server.client.get("/health")
+        assert response.json()["status"] == status, response.json()
+        assert response.status_code == table[status], (status, response.status_code)
+    services.model_state = "ready"
+
+
+def test_the_metrics_named_are_the_ones_served(serve: Callable[..., Server]) -> None:
+    """Every metric of the monitoring table and of the suggested alerts, with its type."""
+    operations = text("docs/OPERATIONS.md")
+    section = operations.split("## Monitoring", 1)[1].split("\n## ", 1)[0]
+    served = serve().client.get("/metrics").text
+    types = dict(re.findall(r"^# TYPE (bdi_\w+) (\w+)$", served, re.MULTILINE))
+    table = re.findall(r"^\| `(bdi_\w+)` \| (\w+) \|", section, re.MULTILINE)
+    assert table
+    for name, kind in table:
+        assert types.get(name) == kind, (name, kind, types.get(name))
+    for name in set(re.findall(r"\b(bdi_\w+)", section)):
+        base = re.sub(r"_(bucket|count|sum)$", "", name)
+        assert base in types, name
