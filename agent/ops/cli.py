@@ -97,10 +97,11 @@ def _weights(args: argparse.Namespace, settings: Settings) -> int:
             print(f"note: {choice.detail} wins over this default; unset it to use these weights")
         else:
             print("default: used whenever BDI_BACKBONE_WEIGHTS is not set")
-            # The backbone is loaded once, at start: a running agent keeps answering 503.
+            # The backbone is loaded once, at start: a running agent keeps what it loaded.
             print(
                 "restart a running agent to load them (systemctl restart bdi-agent, "
-                "docker compose restart agent); until then its /health stays 503"
+                "docker compose -f deploy/compose.yaml restart agent); until then it keeps "
+                "its old weights, or without any its /health stays 503"
             )
         stale = _memories_built_elsewhere(settings, record["tensor_sha256"])
         if stale:

@@ -120,6 +120,8 @@ def test_cli_import_then_show(tmp_path: Path, checkpoints: dict[str, Path]) -> N
     done = bdi(["weights", "import", str(checkpoints["meta-pth"])], env, tmp_path)
     assert done.returncode == 0, done.stderr
     assert "meta layout" in done.stdout and "default" in done.stdout
+    # A running agent loaded its backbone at start: the import says to restart it.
+    assert "restart a running agent" in done.stdout and "/health stays 503" in done.stdout
     shown = bdi(["weights", "show", "--json"], env, tmp_path)
     assert shown.returncode == 0, shown.stderr
     body = json.loads(shown.stdout)
