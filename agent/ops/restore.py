@@ -63,8 +63,8 @@ def restore(settings: Settings, archive: Path, force: bool = False) -> RestoreRe
     if lock is None:
         raise OpsError(
             f"an agent is running on the data root {data_root} (it holds {lock_path(data_root)}); "
-            "stop it first (systemctl stop bdi-agent, docker compose stop agent), then "
-            "restore. Nothing was changed"
+            "stop it first (systemctl stop bdi-agent, docker compose -f deploy/compose.yaml stop "
+            "agent), then restore. Nothing was changed"
         )
     with lock:
         return _restore(settings, data_root, archive, force)
