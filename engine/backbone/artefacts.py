@@ -2,11 +2,14 @@
 
 Layout, under the runtime folder (``models/runtime/`` of the data root by default)::
 
-    <weights sha256[:16]>-l<layers>-torch<version>/trunk-fp32.onnx       ONNX Runtime fp32
-                                                  /trunk-int8.onnx       dynamic int8
-                                                  /trunk-fp32.xml|.bin   OpenVINO IR
-                                                  /trunk-int8.xml|.bin   NNCF int8
-                                                  /<file>.sha256         written last
+    <weights sha256[:16]>-l<layers>-torch<version>-<libs>/trunk-fp32.onnx      ONNX Runtime fp32
+                                                         /trunk-int8.onnx      dynamic int8
+                                                         /trunk-fp32.xml|.bin  OpenVINO IR
+                                                         /trunk-int8.xml|.bin  NNCF int8
+                                                         /<file>.sha256        written last
+
+``<libs>`` hashes the versions of every library that exports, quantises or runs them:
+an upgrade builds them anew instead of serving files an older exporter wrote.
 
 Every file is written to a hidden temp name and renamed (``engine.atomic``); the
 ``.sha256`` record is written after its artefact, so an artefact without a record, or
@@ -17,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import io
+import json
 import logging
 import os
 import tempfile
@@ -32,6 +37,20 @@ from engine.atomic import TEMP_PREFIX, atomic_write_bytes, fsync_dir, new_file_m
 from engine.backbone.runners import embed_tokens, token_trunk
 
 ONNX_OPSET = 17
+# Libraries whose version changes what an export holds or how fast and how exactly it runs:
+# a change builds the artefacts anew and runs the trial again.
+VERSIONED = ("torch", "timm", "onnxruntime", "onnx", "openvino", "nncf")
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed version of each of ``VERSIONED``; None where it is not installed."""
+    versions: dict[str, str | None] = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 class Artefacts:
@@ -41,7 +60,9 @@ class Artefacts:
         import torch
 
         tag = ",".join(str(i) for i in layers)
-        self.folder = root / f"{weights_sha256[:16]}-l{tag}-torch{torch.__version__}"
+        libs = json.dumps(library_versions(), sort_keys=True).encode()
+        stamp = f"torch{torch.__version__}-{hashlib.sha256(libs).hexdigest()[:8]}"
+        self.folder = root / f"{weights_sha256[:16]}-l{tag}-{stamp}"
         self.model, self.layers = model, layers
         self.built: list[str] = []  # names built (not found valid) by this object
 

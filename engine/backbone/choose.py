@@ -12,7 +12,6 @@ trial runs once per machine and configuration, and agents sharing the folder sha
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import statistics
 import time
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from engine.atomic import atomic_write_json
-from engine.backbone.artefacts import Artefacts
+from engine.backbone.artefacts import Artefacts, library_versions
 from engine.backbone.hardware import Hardware
 from engine.backbone.runners import OnnxRunner, OpenVinoRunner, Runner, TorchRunner
 from engine.errors import EngineError
@@ -32,8 +31,6 @@ from engine.errors import EngineError
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 GATE_MEAN, GATE_MIN = 0.999, 0.99
-# Libraries whose version changes a runtime's speed or output: a change re-runs the trial.
-VERSIONED = ("torch", "timm", "onnxruntime", "onnx", "openvino", "nncf")
 
 
 @dataclass(frozen=True)
@@ -218,12 +215,6 @@ def median_ms(runner: Runner, x: np.ndarray, budget_s: float) -> float:
 
 
 def trial_key(setup: TrialSetup) -> str:
-    versions: dict[str, str | None] = {}
-    for name in VERSIONED:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
     hw = setup.hardware
     parts = {
         "cpu": hw.cpu_model,
@@ -235,7 +226,7 @@ def trial_key(setup: TrialSetup) -> str:
         "threads": setup.threads,
         "runtime": setup.runtime,
         "precision": setup.precision,
-        "versions": versions,
+        "versions": library_versions(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 

@@ -238,7 +238,8 @@ def test_a_start_reuses_the_choice_until_weights_size_or_a_library_change(
     tmp_path: Path, monkeypatch
 ) -> None:
     """Each start, not only the key: a remembered choice serves the next start; other
-    weights, another input size or another library version run the gate again."""
+    weights, another input size or another library version run the gate again (and other
+    weights or libraries export anew)."""
     folder = tmp_path / "runtime"
     pinned = {"runtime": "onnxruntime", "precision": "fp32"}  # one candidate: gated, untimed
 
@@ -261,6 +262,8 @@ def test_a_start_reuses_the_choice_until_weights_size_or_a_library_change(
     )
     assert started() == "settings"
     assert len(list(folder.glob("choice-*.json"))) == 4
+    # Exports are stale too when a library changes: one folder per weights, one for the upgrade.
+    assert len(list(folder.glob("*/trunk-fp32.onnx"))) == 3
 
 
 def test_int8_is_calibrated_and_gated_on_the_stored_ok_images(
