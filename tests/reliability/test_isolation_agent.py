@@ -20,7 +20,7 @@ from engine.keys import RoiKey
 from engine.memory import Memory, MemoryInfo, new_model_version
 from engine.store import ModelStore
 from tests.adapters.mqtt_support import Broker, Client
-from tests.reliability.fault_support import HttpAgent
+from tests.reliability.fault_support import HttpAgent, wait_until
 from tests.reliability.isolation_support import MM, ROI, ask, b64
 
 AGENT = "gauntlet"
@@ -63,6 +63,25 @@ def _stored_under_a_bad_id(data: Path) -> None:
     ModelStore(data / "models").save_memory(RoiKey("bad\x7f", "z"), memory)
 
 
+def _busy_then_retried(agent: HttpAgent, watcher: Client, data: Path, infer: dict) -> str:
+    """An infer answered ``busy`` while the queue is full, then retried with its request id
+    once it drained: the retry must run. The queue (one place) is filled by a fit that
+    waits for this ROI's refit lock, held here as another agent on the root would hold it,
+    and a manifest behind it. Returns the first reply's kind."""
+    with agent.client(timeout=10) as http:
+        with ModelStore(data / "models").refit_lock(RoiKey.of(**ROI)):
+            more = {**ROI, "request_id": "fit-2", "mm_per_px": MM, "images": [infer["image"]]}
+            watcher.publish(f"{PREFIX}/cmd/fit_ok", more)
+            wait_until(lambda: http.get("/train/status").json()["running"], 60, "the fit")
+            watcher.publish(f"{PREFIX}/cmd/manifest", {**ROI, "request_id": "queued"})
+            wait_until(lambda: http.get("/stats").json()["queue_size"] == 1, 60, "a full queue")
+            first = ask(watcher, PREFIX, "infer", request_id="retry-me", **infer)
+        assert watcher.reply("fit-2", timeout=120)["ok"]
+        retried = ask(watcher, PREFIX, "infer", request_id="retry-me", **infer)
+    assert retried["ok"] and retried["seq"] > first["seq"], retried
+    return str(first.get("error", {}).get("kind", "ok"))
+
+
 @pytest.mark.reliability("fault", "bdi-agent run: every bad input of issue 18 in a row, SIGTERM")
 def test_the_agent_takes_every_bad_input_in_a_row_and_stops_cleanly(
     quick_broker: Broker, tmp_path: Path, ok_pngs: list[bytes], record_property
@@ -79,6 +98,7 @@ def test_the_agent_takes_every_bad_input_in_a_row_and_stops_cleanly(
         BDI_MQTT__PORT=str(quick_broker.port),
         BDI_FOLDERS__ENABLED="true",
         BDI_FOLDERS__SETTLE_MS="100",
+        BDI_QUEUE_SIZE="1",  # for the busy reply; every other request waits for its reply
     )
     refusals: dict[str, str] = {}
     try:
@@ -109,6 +129,7 @@ def test_the_agent_takes_every_bad_input_in_a_row_and_stops_cleanly(
         for name, (command, payload) in bad.items():
             reply = ask(watcher, PREFIX, command, **payload)
             refusals[name] = reply.get("error", {}).get("kind", "ok")
+        refusals["busy, then its retry"] = _busy_then_retried(agent, watcher, data, infer)
         watcher.publish(
             f"{PREFIX}/cmd/infer", {"request_id": "rt-#", **infer}, ResponseTopic="replies/#"
         )
@@ -142,6 +163,7 @@ def test_the_agent_takes_every_bad_input_in_a_row_and_stops_cleanly(
         "polygon": "bad_request",
         "300 items": "payload_too_large",
         "reused id": "bad_request",
+        "busy, then its retry": "busy",
         "ResponseTopic": "bad_request",
         "symlink": "bad_request",
     }
