@@ -15,6 +15,7 @@ from pathlib import Path
 # /proc/cpuinfo flags that mean bf16 matrix arithmetic in hardware.
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 GPU_BF16 = "cuda_bf16"  # added to the flags when the GPU computes bf16 natively
+CPUINFO = Path("/proc/cpuinfo")  # a module value: tests point it at another CPU's
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def detect(device: str) -> Hardware:
 def _cpu_info() -> tuple[str, frozenset[str]]:
     model, flags = "", frozenset[str]()
     try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
+        text = CPUINFO.read_text(errors="replace")
     except OSError:
         text = ""  # not Linux: no bf16 claimed; fp32 and int8 are still tried
     for line in text.splitlines():

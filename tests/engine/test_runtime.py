@@ -86,6 +86,42 @@ def test_auto_never_takes_a_precision_the_hardware_lacks() -> None:
     assert candidates(pinned)[0] == [Candidate("torch", "bf16")]
 
 
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: {model}
+flags\t\t: fpu sse sse2 avx avx2 fma {extra}
+"""
+
+
+def test_bf16_is_tried_only_where_the_cpu_reports_it(tmp_path: Path, monkeypatch) -> None:
+    """The capability read as on a real machine (its /proc/cpuinfo), not handed over:
+    an AVX2-only CPU never trials torch bf16, one with AVX512-BF16 does."""
+    from engine.backbone import hardware
+
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(hardware, "CPUINFO", cpuinfo)
+
+    def bf16_row(extra: str) -> tuple[str, str]:
+        cpuinfo.write_text(CPUINFO.format(model=f"test EPYC {extra}", extra=extra))
+        config = BackboneConfig(
+            weights="random",
+            input_size=SIZE,
+            runtime="torch",
+            runtime_dir=tmp_path / "runtime",
+            trial_budget_s=1,
+        )
+        fx = FeatureExtractor(config)  # no hardware given: detected
+        fx.load()
+        row = next(r for r in fx.choice.rows if r.precision == "bf16")
+        return row.status, row.reason
+
+    assert bf16_row("") == ("unsupported", "no native bf16 on this CPU")
+    assert bf16_row("avx512f avx512_bf16")[0] in ("chosen", "passed", "failed_gate")
+    assert hardware.detect("cpu").native("bf16")
+    cpuinfo.write_text(CPUINFO.format(model="test Xeon", extra="amx_tile amx_bf16"))
+    assert hardware.detect("cpu").native("bf16")
+
+
 def test_the_trial_picks_a_gated_runtime_and_remembers_it(
     auto: FeatureExtractor, trial_dir: Path, discs: list[np.ndarray]
 ) -> None:
