@@ -44,6 +44,7 @@ class Bus:
         self._announced: tuple[str, str | None] | None = None  # last health event's status
         self._health_lock = threading.Lock()
         self.spool_size = 0  # replies waiting on disk for the broker (MQTT adapter)
+        self.mqtt_rejected = 0  # messages no broker would take: dropped or set aside
         self.boot_id = uuid.uuid4().hex  # tells consumers this agent run from the last
 
     def submit(self, cmd: Command) -> Future[Reply]:
@@ -127,6 +128,7 @@ class Bus:
             "queue_size": self.worker.queue_size,
             "mqtt": self.mqtt_state,
             "spool_size": self.spool_size,
+            "mqtt_rejected": self.mqtt_rejected,
             "device": self.services.core.extractor.device
             if self.services.model_state == "ready"
             else self.services.settings.device,

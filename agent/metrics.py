@@ -37,6 +37,12 @@ class Metrics:
         self.spool_bytes = Gauge(
             "bdi_spool_bytes", "Replies waiting on disk for the broker", registry=self.registry
         )
+        self.mqtt_rejected = Counter(
+            "bdi_mqtt_rejected_messages",
+            "Messages no broker would take since start (bad topic or unreadable spool file):"
+            " dropped, or moved to the spool's rejected/ folder",
+            registry=self.registry,
+        )
         self.anomalies = Counter(
             "bdi_anomalies",
             "Anomalous verdicts",

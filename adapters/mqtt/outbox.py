@@ -49,6 +49,7 @@ class Outbox:
         self.result_expiry_s = result_expiry_s
         self.online = False  # messages go straight out; else to the spool
         self.rejected = 0  # messages no broker would take (a bad topic): dropped, logged
+        self._rejected_counted = 0  # of these and the spool's, how many the bus has counted
         self._generation = 0  # one per connection: a flush of an older one stops
         self._tasks: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -183,10 +184,20 @@ class Outbox:
             reason=reason,
             rejected=self.rejected,
         )
+        self._rejected_changed()
 
     def _spool_changed(self) -> None:
         self.bus.spool_size = self.spool.size
         self.bus.metrics.spool_bytes.set(self.spool.total_bytes)
+        self._rejected_changed()
+
+    def _rejected_changed(self) -> None:
+        """What was dropped here and what the spool set aside, for /stats and the metrics."""
+        total = self.rejected + self.spool.rejected
+        if total > self._rejected_counted:
+            self.bus.metrics.mqtt_rejected.inc(total - self._rejected_counted)
+            self.bus.mqtt_rejected += total - self._rejected_counted
+            self._rejected_counted = total
 
     def _flush_spool(self, batch: int = 100) -> bool:
         """Publish spooled messages in order, a batch at a time, each removed once the

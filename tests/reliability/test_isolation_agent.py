@@ -106,6 +106,12 @@ def test_the_agent_takes_every_bad_input_in_a_row_and_stops_cleanly(
         watcher.wait_for(lambda t, b: t == f"{PREFIX}/status" and b == "online", timeout=60)
         # Online means the spool was flushed: its poisoned head went aside, not out.
         assert sorted(p.name for p in rejected.iterdir()) == [f"{n:020d}.json" for n in (1, 2)]
+        # An operator sees them counted: the 2 spool files and the bad ROI's retained state.
+        with agent.client() as http:
+            wait_until(
+                lambda: http.get("/stats").json()["mqtt_rejected"] == 3, 30, "3 messages rejected"
+            )
+            assert "\nbdi_mqtt_rejected_messages_total 3.0\n" in http.get("/metrics").text
         images = [b64(p) for p in ok_pngs[:3]]
         fitted = ask(
             watcher, PREFIX, "fit_ok", request_id="fit-1", **ROI, mm_per_px=MM, images=images

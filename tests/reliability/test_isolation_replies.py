@@ -18,6 +18,7 @@ from adapters.mqtt.spool import REJECTED, Spool, spool_folder
 from adapters.mqtt.topics import json_payload
 from tests.adapters.conftest import broker, mqtt_agent  # noqa: F401
 from tests.adapters.mqtt_support import Broker, Client
+from tests.reliability.fault_support import wait_until
 from tests.reliability.isolation_support import MM, ROI, ask, b64, fit, replies_to, still_serving
 
 PREFIX = "bdi/line1"
@@ -91,6 +92,8 @@ def test_spooled_messages_that_cannot_be_published_are_moved_aside(
         flushed = watcher.wait_for(lambda t, b: t.endswith("/result/infer"), count=3)
         assert [body["n"] for _, body, _ in flushed] == [0, 1, 2]
         assert adapter.spool.size == 0 and adapter.spool.rejected == 3
+        # /stats and the metrics count what went aside
+        wait_until(lambda: agent.bus.mqtt_rejected == 3, 30, "3 messages rejected")
         assert sorted(p.name for p in (folder / REJECTED).iterdir()) == [
             f"{n:020d}.json" for n in (1, 2, 3)
         ]
