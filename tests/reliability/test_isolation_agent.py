@@ -82,7 +82,7 @@ def _busy_then_retried(agent: HttpAgent, watcher: Client, data: Path, infer: dic
     return str(first.get("error", {}).get("kind", "ok"))
 
 
-@pytest.mark.reliability("fault", "bdi-agent run: every bad input of issue 18 in a row, SIGTERM")
+@pytest.mark.reliability("fault", "bdi-agent run: every poisoned input in a row, SIGTERM")
 def test_the_agent_takes_every_bad_input_in_a_row_and_stops_cleanly(
     quick_broker: Broker, tmp_path: Path, ok_pngs: list[bytes], record_property
 ) -> None:
