@@ -62,6 +62,8 @@ class CalibrateNgIn(BaseModel):
     mm_per_px: float | None = Field(None, gt=0, le=1000)
     ok_scores: list[float] | None = Field(None, description="scores of OK images")
     ng_scores: list[float] | None = Field(None, description="scores of NG images")
+    ok_images: list[str] | None = Field(None, description="base64 OK images to score")
+    ng_images: list[str] | None = Field(None, description="base64 NG images to score")
     area_mm2_thr: float | None = Field(None, ge=0, description="smallest region kept (mm^2)")
     score_percentile: float | None = Field(
         None, ge=0, le=100, description="OK percentile without NG"
