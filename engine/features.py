@@ -122,9 +122,11 @@ class FeatureExtractor:
                 self._build()
 
     def reselect(self) -> Choice:
-        """Run the trial again, ignoring the remembered choice (``bdi-agent runtime probe``)."""
-        self.load()
+        """Run the trial again, ignoring the remembered choice (``bdi-agent runtime probe``).
+        Not loaded yet, the model is built without choosing first: one trial, not two."""
         with self._lock:
+            if self._model is None:
+                self._build_model()
             self._select(force=True)
         return self.choice
 
@@ -135,6 +137,10 @@ class FeatureExtractor:
         return self._runner.run(normalise(images))
 
     def _build(self) -> None:
+        self._build_model()
+        self._select(force=False)
+
+    def _build_model(self) -> None:
         import torch
 
         device = resolve_device(self.config.device)
@@ -142,7 +148,6 @@ class FeatureExtractor:
             torch.set_num_threads(cpu_threads(self.config.threads))
         model, weights = build_vit(self.config.weights)
         self._model, self._weights, self._device = model.to(device), weights, device
-        self._select(force=False)
 
     def _select(self, force: bool) -> None:
         from engine.backbone.trial import select

@@ -359,3 +359,21 @@ def test_a_missing_extra_under_auto_is_a_row_and_another_runtime_serves(
     assert rows[("openvino", "fp32")].status == "unavailable"
     assert "pip install '.[openvino]'" in rows[("openvino", "fp32")].reason
     assert fx.choice.runtime in ("torch", "onnxruntime")
+
+
+def test_a_probe_runs_one_trial_on_a_fresh_root(tmp_path: Path, monkeypatch) -> None:
+    """``bdi-agent runtime probe`` on a root with nothing remembered: one trial, not a
+    first start's trial and then the probe's own."""
+    from engine.backbone import trial
+
+    trials: list[int] = []
+    real_trial = trial._trial
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        trials.append(1)
+        return real_trial(*args, **kwargs)
+
+    monkeypatch.setattr(trial, "_trial", counted)
+    fx = extractor(tmp_path, runtime="onnxruntime", precision="fp32")
+    assert fx.reselect().runtime == "onnxruntime" and len(trials) == 1
+    assert fx.reselect().source == "settings" and len(trials) == 2  # the remembered ignored
