@@ -110,17 +110,21 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         cwd=ROOT,
     )
     assert proc.stdout is not None
-    events = []
+    events, loaded = [], {}
     deadline = time.monotonic() + 120
     for line in proc.stdout:
         events.append(json.loads(line)["event"])
         if "model loaded" in events or time.monotonic() > deadline:
+            loaded = json.loads(line)
             break
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     events += [json.loads(line)["event"] for line in out.splitlines()]
     assert proc.returncode == 0
     assert "starting" in events and "model loaded" in events and events[-1] == "stopped"
+    # The start-up log names the runtime that serves and why (pinned here by cli_env).
+    assert (loaded["runtime"], loaded["precision"]) == ("torch", "fp32")
+    assert "set by configuration" in loaded["runtime_reason"]
 
 
 def test_runtime_probe_prints_the_trial_and_agents_serve_its_choice(tmp_path: Path) -> None:

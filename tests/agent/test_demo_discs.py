@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import cv2
 import numpy as np
 import pytest
@@ -247,15 +245,3 @@ def test_png_rejects_bad_input() -> None:
         encode_png(np.zeros((4, 4, 4), dtype=np.uint8))
     with pytest.raises(ValueError):
         decode_png(b"not a png")
-
-
-# --- speed -----------------------------------------------------------------------------------
-
-
-def test_generation_is_fast() -> None:
-    # A loose guard against per-pixel Python loops creeping in (those take seconds).
-    rng = np.random.default_rng(0)
-    start = time.perf_counter()
-    for kind in DEFECT_KINDS:
-        make_disc(rng, 448, kind)
-    assert (time.perf_counter() - start) / len(DEFECT_KINDS) < 0.25

@@ -65,9 +65,8 @@ def test_a_full_queue_answers_busy_at_once(make_agent, ok_pngs) -> None:
     fit = started_fit(agent, ok_pngs[:12])
     manifest = parse_command("manifest", ROI, "test")
     waiting = [agent.bus.submit(manifest), agent.bus.submit(manifest)]
-    start = time.perf_counter()
     refused = agent.bus.submit(manifest)
-    assert refused.done() and time.perf_counter() - start < 0.1
+    assert refused.done()  # answered by submit itself: nothing was queued or waited for
     error = refused.result().error
     assert error is not None and error.kind == "busy" and error.code == 503
     assert "queue full" in error.message
