@@ -147,13 +147,13 @@ class HttpAgent(FrontDoor):
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = cli_env(
             data_root,
-            BDI_PRECISION="fp32",
-            BDI_RUNTIME="torch",
-            BDI_CORESET_MIN="256",
-            BDI_HTTP__ENABLED="true",
-            BDI_HTTP__HOST="127.0.0.1",
-            BDI_HTTP__PORT=str(self.port),
-            **env,
+            **{
+                "BDI_CORESET_MIN": "256",
+                "BDI_HTTP__ENABLED": "true",
+                "BDI_HTTP__HOST": "127.0.0.1",
+                "BDI_HTTP__PORT": str(self.port),
+                **env,
+            },
         )
         super().__init__("agent", ["run"], self.env)
 
