@@ -52,7 +52,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: venv mosquitto
+bench: venv mosquitto chromium
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) -m tests.bench.run_all
 
