@@ -71,13 +71,15 @@ function line(u, x0, y0, x1, y1, colour, dash, width = 1.5) {
 
 // A chart in a holder element: a message while there is nothing to draw, else a uPlot
 // as wide as the holder (followed on resize). The plot is made again only when its
-// identity changes (another ROI, another calibration); otherwise new data is set.
+// identity changes (another ROI, another calibration); otherwise new data is set, and
+// nothing is done when the data's signature says they have not changed.
 class ChartBox {
   constructor(holder, height) {
     this.holder = holder;
     this.height = height;
     this.plot = null;
     this.identity = undefined;
+    this.signature = undefined;
     this.note = document.createElement("p");
     this.note.className = "chart-empty";
     this.host = document.createElement("div");
@@ -95,14 +97,21 @@ class ChartBox {
     }
   }
 
+  // Whether the plot shows already what identity and signature name.
+  showing(identity, signature) {
+    return this.plot !== null && !this.host.hidden && identity === this.identity && signature === this.signature;
+  }
+
   message(text) {
+    this.signature = undefined;
     this.note.textContent = text;
     this.note.hidden = false;
     this.host.hidden = true;
     this.holder.dataset.chart = "empty";
   }
 
-  draw(identity, options, data) {
+  draw(identity, options, data, signature) {
+    this.signature = signature;
     this.note.hidden = true;
     this.host.hidden = false;
     if (this.plot && identity === this.identity) {
@@ -133,13 +142,16 @@ class TrendChart {
   }
 
   show(key, points) {
+    const last = points.at(-1);
+    const signature = `${points.length}|${points[0].seq}|${last.seq}|${last.score}|${last.threshold}`;
+    if (this.box.showing(key, signature)) return;
     const lastJudged = points.filter((p) => !nil(p.threshold)).at(-1);
     this.model = { points, threshold: lastJudged ? lastJudged.threshold : null };
     const seqs = points.map((p) => p.seq);
     const scores = points.map((p) => p.score);
     const only = (verdict) => points.map((p) => (p.is_anomaly === verdict ? p.score : null));
     const thr = points.map((p) => (nil(p.threshold) ? null : p.threshold));
-    this.box.draw(key, this.options(), [seqs, scores, only(false), only(true), thr]);
+    this.box.draw(key, this.options(), [seqs, scores, only(false), only(true), thr], signature);
   }
 
   options() {
@@ -223,6 +235,8 @@ class CalibrationChart {
 
   show(calibration, recent) {
     const c = calibration;
+    const signature = recent.join(",");
+    if (this.box.showing(c, signature)) return;
     const okScores = Array.isArray(c.ok_scores) ? c.ok_scores : null;
     const ngScores = Array.isArray(c.ng_scores) ? c.ng_scores : [];
     const values = [c.threshold, c.ok_mean, c.p99_ok, c.p5_ng, c.ng_mean, ...recent, ...(okScores || []), ...ngScores]
@@ -236,7 +250,7 @@ class CalibrationChart {
       const most = Math.max(1, ...bins);
       return bins.map((n) => (n ? (sign * n) / most : null));
     };
-    this.box.draw(c, this.options(), [centres, share(okCounts, 1), share(ngCounts, -1), nulls(), nulls(), nulls()]);
+    this.box.draw(c, this.options(), [centres, share(okCounts, 1), share(ngCounts, -1), nulls(), nulls(), nulls()], signature);
   }
 
   options() {
@@ -355,15 +369,18 @@ function bands(u, c, x, y0) {
 
 // -- the ROI table's sparklines -------------------------------------------------------------
 
-// One small plot per ROI, kept between table redraws (its element is moved into the new
-// row): the last scores as a line, their thresholds dashed, the last dot OK green or NG red.
+// One small plot per ROI, kept in its row and drawn again only when its scores changed:
+// the last scores as a line, their thresholds dashed, the last dot OK green or NG red.
 const sparks = new Map(); // roi key -> {plot, element}
 
 function sparkline(key, points) {
+  const last = points.at(-1);
+  const signature = last ? `${points.length}|${points[0].seq}|${last.seq}|${last.score}|${last.threshold}` : "";
+  const known = sparks.get(key);
+  if (known && known.signature === signature) return known.element;
   const judged = points.filter((p) => !nil(p.threshold)).at(-1);
   const threshold = judged ? judged.threshold : null;
   const scores = points.map((p) => p.score);
-  const last = points.at(-1);
   const data = [
     points.map((_, i) => i),
     scores,
@@ -382,6 +399,7 @@ function sparkline(key, points) {
     Object.assign(spark.model, { points, threshold });
     spark.plot.setData(data);
   }
+  spark.signature = signature;
   spark.element.dataset.points = String(points.length);
   return spark.element;
 }

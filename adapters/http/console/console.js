@@ -20,7 +20,7 @@ const state = {
   key: sessionStorage.getItem(KEY_STORE) || "",
   rois: new Map(), // "recipe|role|roi" -> {ids, state, scores: [{seq, score, threshold, is_anomaly}]}
   verdicts: [], // newest first: verdict bodies
-  pictures: new Map(), // seq -> {image, heatmap}: promises of an object URL (null: none)
+  pictures: new Map(), // seq -> {image, heatmap}: promises of a PNG blob (null: none)
   alerts: new Map(), // roi key -> active alert body
   selectedRoi: null,
   shownSeq: null,
@@ -157,6 +157,7 @@ function showHealth(h) {
 
 // The serving figures of GET /stats: MQTT state, infer p50/p95 (ms), the MQTT spool.
 async function refreshStats() {
+  if (document.hidden) return; // read again when the tab shows (visibilitychange)
   try {
     const s = await (await api("stats")).json();
     const $s = $("stats");
@@ -197,51 +198,58 @@ function upsertRoi(body) {
   return entry;
 }
 
-function renderRois() {
-  const tbody = $("rois").querySelector("tbody");
-  tbody.replaceChildren();
-  const entries = [...state.rois.values()].sort((a, b) => a.key.localeCompare(b.key));
-  for (const entry of entries) {
-    const s = entry.state || {};
-    const last = entry.scores[entry.scores.length - 1];
-    const row = document.createElement("tr");
-    row.dataset.roi = entry.key;
-    row.classList.toggle("selected", entry.key === state.selectedRoi);
-    row.classList.toggle("in-alert", state.alerts.has(entry.key));
-    row.append(
-      cell(`<div class="roi-name"></div><div class="roi-sub"></div>`, (td) => {
-        td.querySelector(".roi-name").textContent = `${entry.ids.role_id} / ${entry.ids.roi_id}`;
-        td.querySelector(".roi-sub").textContent = `recipe ${entry.ids.recipe_id}` +
-          (s.model_version ? ` · model ${modelDate(s.model_version)}` : "");
-        td.title = s.model_version ? `model_version ${s.model_version}` : "";
-      }),
-      cell("", (td) => {
-        td.className = "memory " + (s.fitted ? "yes" : "no");
-        td.textContent = s.fitted ? `fitted · ${s.coreset_size ?? "?"}` : "not fitted";
-      }),
-      cell("", (td) => {
-        td.className = "threshold " + (s.calibrated ? "yes" : "no");
-        td.textContent = s.calibrated ? fmt(s.threshold) : "uncalibrated";
-      }),
-      cell("", (td) => {
-        td.className = "last-score " + (last ? (last.is_anomaly ? "score-ng" : last.is_anomaly === false ? "score-ok" : "") : "");
-        td.textContent = last ? fmt(last.score) : "—";
-      }),
-      cell("", (td) => td.append(sparkline(entry.key, entry.scores.slice(-SPARK_POINTS)))),
-    );
-    row.addEventListener("click", () => selectRoi(entry.key));
-    tbody.append(row);
-  }
-  $("rois-empty").hidden = entries.length > 0;
-  $("roi-count").textContent = entries.length ? `(${entries.length})` : "";
-  renderDetail();
+// The ROI table, drawn at the next frame (drawSoon): rows are kept per ROI and updated in
+// place, so a verdict changes a few texts and one sparkline, not the whole table.
+const roiRows = new Map(); // roi key -> {row, name, sub, memory, threshold, last, trend}
+
+function roiRow(entry) {
+  const row = document.createElement("tr");
+  row.dataset.roi = entry.key;
+  row.innerHTML = `<td><div class="roi-name"></div><div class="roi-sub"></div></td>` +
+    `<td class="memory"></td><td class="threshold"></td><td class="last-score"></td><td></td>`;
+  const [first, memory, threshold, last, trend] = row.children;
+  row.addEventListener("click", () => selectRoi(entry.key));
+  return { row, name: first.firstChild, sub: first.lastChild, first, memory, threshold, last, trend };
 }
 
-function cell(html, fill) {
-  const td = document.createElement("td");
-  td.innerHTML = html;
-  fill(td);
-  return td;
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+
+function setClass(element, name) {
+  if (element.className !== name) element.className = name;
+}
+
+function renderRois() {
+  drawSoon("rois");
+}
+
+function drawRois() {
+  const tbody = $("rois").querySelector("tbody");
+  const entries = [...state.rois.values()].sort((a, b) => a.key.localeCompare(b.key));
+  entries.forEach((entry, i) => {
+    if (!roiRows.has(entry.key)) roiRows.set(entry.key, roiRow(entry));
+    const r = roiRows.get(entry.key);
+    const s = entry.state || {};
+    const last = entry.scores[entry.scores.length - 1];
+    r.row.classList.toggle("selected", entry.key === state.selectedRoi);
+    r.row.classList.toggle("in-alert", state.alerts.has(entry.key));
+    setText(r.name, `${entry.ids.role_id} / ${entry.ids.roi_id}`);
+    setText(r.sub, `recipe ${entry.ids.recipe_id}` + (s.model_version ? ` · model ${modelDate(s.model_version)}` : ""));
+    r.first.title = s.model_version ? `model_version ${s.model_version}` : "";
+    setClass(r.memory, "memory " + (s.fitted ? "yes" : "no"));
+    setText(r.memory, s.fitted ? `fitted · ${s.coreset_size ?? "?"}` : "not fitted");
+    setClass(r.threshold, "threshold " + (s.calibrated ? "yes" : "no"));
+    setText(r.threshold, s.calibrated ? fmt(s.threshold) : "uncalibrated");
+    setClass(r.last, "last-score " + (last ? (last.is_anomaly ? "score-ng" : last.is_anomaly === false ? "score-ok" : "") : ""));
+    setText(r.last, last ? fmt(last.score) : "—");
+    const spark = sparkline(entry.key, entry.scores.slice(-SPARK_POINTS));
+    if (spark.parentNode !== r.trend) r.trend.append(spark);
+    if (tbody.children[i] !== r.row) tbody.insertBefore(r.row, tbody.children[i] || null);
+  });
+  $("rois-empty").hidden = entries.length > 0;
+  setText($("roi-count"), entries.length ? `(${entries.length})` : "");
+  renderDetail();
 }
 
 function selectRoi(key) {
@@ -267,58 +275,131 @@ function addVerdict(verdict) {
 // After verdicts came in: the list, the ROI table, and the newest in the viewer when the
 // viewer follows the line.
 function verdictsChanged() {
-  const newest = state.verdicts[0];
-  if (newest && $("follow").checked && newest.seq !== state.shownSeq) showVerdict(newest.seq);
-  else renderVerdicts();
-  renderRois();
+  renderVerdicts();
+  drawSoon("follow", "rois");
 }
+
+// -- drawing at most once a frame ----------------------------------------------------------
+
+// What the verdicts, alerts and state events changed is drawn at the next animation frame:
+// a burst of events (a reconnect's backlog) costs one drawing, and a hidden tab (no
+// frames, and none asked for) draws nothing until it shows again, then catches up.
+const dirty = new Set(); // "follow": the viewer to the newest verdict; "rois": table and charts
+let frameAsked = false;
+
+function drawSoon(...parts) {
+  for (const part of parts) dirty.add(part);
+  if (frameAsked || document.hidden) return;
+  frameAsked = true;
+  requestAnimationFrame(drawNow);
+}
+
+function drawNow() {
+  frameAsked = false;
+  if (dirty.delete("follow")) {
+    const newest = state.verdicts[0];
+    if (newest && $("follow").checked && newest.seq !== state.shownSeq) showVerdict(newest.seq);
+  }
+  if (dirty.delete("rois")) drawRois();
+}
+
+document.addEventListener("visibilitychange", () => {
+  if (document.hidden) return;
+  if (dirty.size) drawSoon();
+  if (state.started) refreshStats();
+});
 
 function dropPictures(seq) {
-  const pictures = state.pictures.get(seq);
   state.pictures.delete(seq);
-  for (const promise of Object.values(pictures || {})) {
-    promise.then((url) => url && URL.revokeObjectURL(url));
-  }
 }
 
-// A picture of a recent verdict as an object URL (an img cannot send X-API-Key); null
-// when the agent no longer has it (evicted) or never had it (no heatmap).
+// A picture of a recent verdict as a PNG blob, fetched once per verdict with fetch() (an
+// img cannot send X-API-Key); null when the agent no longer has it (evicted) or never had
+// it (no heatmap).
 function picture(seq, kind) {
   if (!state.pictures.has(seq)) state.pictures.set(seq, {});
   const pictures = state.pictures.get(seq);
   if (!pictures[kind]) {
     pictures[kind] = fetch(new URL(`recent/${seq}/${kind}.png`, API), { headers: headers() })
-      .then(async (response) => (response.ok ? URL.createObjectURL(await response.blob()) : null))
+      .then((response) => (response.ok ? response.blob() : null))
       .catch(() => null);
   }
   return pictures[kind];
 }
 
+// The list follows state.verdicts (newest first): a new verdict's card is put in, one
+// beyond MAX_VERDICTS taken out; cards already shown stay as they are, pictures loaded.
+const cards = new Map(); // seq -> li
+
 function renderVerdicts() {
   const list = $("verdicts");
-  list.replaceChildren();
-  for (const v of state.verdicts) {
-    const item = document.createElement("li");
-    item.className = "verdict" + (v.seq === state.shownSeq ? " shown" : "");
-    item.dataset.seq = v.seq;
-    const img = document.createElement("img");
-    img.alt = `ROI image of verdict ${v.seq}`;
-    picture(v.seq, "image").then((url) => { if (url) img.src = url; });
-    const what = document.createElement("div");
-    what.className = "what";
-    what.innerHTML = `<div class="roi-name"></div><div class="scores"></div><div class="muted small"></div>`;
-    const [name, scores, when] = what.children;
-    name.textContent = `${v.role_id} / ${v.roi_id}`;
-    scores.textContent = `score ${fmt(v.score)} · threshold ${fmt(v.threshold)}`;
-    when.textContent = `${time(v.ts)} · ${v.source || ""} · #${v.seq}`;
-    item.append(img, what, badge(v));
-    item.addEventListener("click", () => {
-      $("follow").checked = false;
-      showVerdict(v.seq);
-    });
-    list.append(item);
+  const keep = new Set(state.verdicts.map((v) => v.seq));
+  for (const [seq, item] of cards) {
+    if (!keep.has(seq)) {
+      item.remove();
+      cards.delete(seq);
+    }
   }
-  $("verdict-count").textContent = state.verdicts.length ? `(${state.verdicts.length})` : "";
+  state.verdicts.forEach((v, i) => {
+    if (!cards.has(v.seq)) cards.set(v.seq, card(v));
+    const item = cards.get(v.seq);
+    if (list.children[i] !== item) list.insertBefore(item, list.children[i] || null);
+  });
+  markShown();
+  setText($("verdict-count"), state.verdicts.length ? `(${state.verdicts.length})` : "");
+}
+
+function card(v) {
+  const item = document.createElement("li");
+  item.className = "verdict";
+  item.dataset.seq = v.seq;
+  const img = document.createElement("img");
+  img.alt = `ROI image of verdict ${v.seq}`;
+  img.decoding = "async";
+  img.loading = "lazy";
+  picture(v.seq, "image").then(thumbnail).then((src) => { if (src) img.src = src; });
+  const what = document.createElement("div");
+  what.className = "what";
+  what.innerHTML = `<div class="roi-name"></div><div class="scores"></div><div class="muted small"></div>`;
+  const [name, scores, when] = what.children;
+  name.textContent = `${v.role_id} / ${v.roi_id}`;
+  scores.textContent = `score ${fmt(v.score)} · threshold ${fmt(v.threshold)}`;
+  when.textContent = `${time(v.ts)} · ${v.source || ""} · #${v.seq}`;
+  item.append(img, what, badge(v));
+  item.addEventListener("click", () => {
+    $("follow").checked = false;
+    showVerdict(v.seq);
+  });
+  return item;
+}
+
+// A card's picture: the ROI image (up to 512 px) made small once, its short side twice
+// the card's 56 px, as a data: URL. A card with the full image cost more than everything
+// else about a verdict: its decode, and scaling it down each time the list is painted
+// again (every new card moves the others down).
+const THUMB_PX = 112;
+const thumbCanvas = document.createElement("canvas");
+
+async function thumbnail(blob) {
+  const bitmap = blob ? await decode(blob) : null;
+  if (!bitmap) return null;
+  const scale = Math.min(1, THUMB_PX / Math.min(bitmap.width, bitmap.height));
+  thumbCanvas.width = Math.max(1, Math.round(bitmap.width * scale));
+  thumbCanvas.height = Math.max(1, Math.round(bitmap.height * scale));
+  const ctx = thumbCanvas.getContext("2d");
+  ctx.imageSmoothingQuality = "high";
+  ctx.drawImage(bitmap, 0, 0, thumbCanvas.width, thumbCanvas.height);
+  bitmap.close();
+  return thumbCanvas.toDataURL("image/jpeg", 0.9);
+}
+
+// The card of the verdict in the viewer outlined, and only it.
+function markShown() {
+  for (const item of $("verdicts").querySelectorAll("li.shown")) {
+    if (Number(item.dataset.seq) !== state.shownSeq) item.classList.remove("shown");
+  }
+  const item = cards.get(state.shownSeq);
+  if (item) item.classList.add("shown");
 }
 
 function badge(v) {
@@ -331,21 +412,32 @@ function badge(v) {
 
 // -- the viewer: the ROI image with its heatmap over it ------------------------------------
 
-const viewer = { seq: null, image: null, heat: null };
+const viewer = { seq: null, image: null, heat: null }; // image: an ImageBitmap; heat: a canvas
 
 async function showVerdict(seq) {
   state.shownSeq = seq;
   const v = state.verdicts.find((x) => x.seq === seq);
   if (!v) return;
-  renderVerdicts();
+  markShown();
   $("viewer-title").textContent = `#${v.seq} · ${v.role_id} / ${v.roi_id}`;
   showFacts(v);
-  const [imageUrl, heatUrl] = await Promise.all([picture(seq, "image"), picture(seq, "heatmap")]);
-  if (state.shownSeq !== seq) return; // another verdict was chosen meanwhile
+  const [image, heat] = await Promise.all([picture(seq, "image"), picture(seq, "heatmap")].map(
+    (promise) => promise.then((blob) => (blob ? decode(blob) : null))));
+  if (state.shownSeq !== seq) { // another verdict was chosen meanwhile
+    for (const bitmap of [image, heat]) if (bitmap) bitmap.close();
+    return;
+  }
+  if (viewer.image) viewer.image.close();
   viewer.seq = seq;
-  viewer.image = imageUrl ? await loadImage(imageUrl) : null;
-  viewer.heat = heatUrl ? colourise(await loadImage(heatUrl)) : null;
+  viewer.image = image;
+  viewer.heat = heat ? colourise(heat) : null;
+  if (heat) heat.close();
   drawViewer();
+}
+
+// Decoded off the main thread (createImageBitmap), unlike an Image's src.
+function decode(blob) {
+  return createImageBitmap(blob).catch(() => null);
 }
 
 function showFacts(v) {
@@ -367,38 +459,42 @@ function showFacts(v) {
   }));
 }
 
-function loadImage(url) {
-  return new Promise((resolve) => {
-    const img = new Image();
-    img.onload = () => resolve(img);
-    img.onerror = () => resolve(null);
-    img.src = url;
-  });
-}
-
 // The grayscale heatmap (128 = at the threshold) as colours whose opacity grows with the
 // value: clear far below the threshold, cool and faint near it, hot and solid above it.
 const RAMP = [[0, 0, 255], [0, 200, 255], [255, 224, 0], [255, 120, 0], [255, 0, 0]];
 
-function colourise(img) {
-  if (!img) return null;
-  const canvas = document.createElement("canvas");
-  canvas.width = img.naturalWidth;
-  canvas.height = img.naturalHeight;
-  const ctx = canvas.getContext("2d");
-  ctx.drawImage(img, 0, 0);
-  const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height);
-  const d = pixels.data;
-  for (let i = 0; i < d.length; i += 4) {
-    const t = d[i] / 255;
+// The ramp for each of the 256 grey levels, as RGBA words: one lookup a pixel.
+const HEAT_LUT = (() => {
+  const bytes = new Uint8ClampedArray(256 * 4);
+  for (let g = 0; g < 256; g++) {
+    const t = g / 255;
     const at = t * (RAMP.length - 1);
     const lo = Math.min(Math.floor(at), RAMP.length - 2);
     const f = at - lo;
-    for (let c = 0; c < 3; c++) d[i + c] = RAMP[lo][c] + (RAMP[lo + 1][c] - RAMP[lo][c]) * f;
-    d[i + 3] = 255 * Math.min(1, Math.max(0, (t - 0.2) / 0.4));
+    for (let c = 0; c < 3; c++) bytes[g * 4 + c] = RAMP[lo][c] + (RAMP[lo + 1][c] - RAMP[lo][c]) * f;
+    bytes[g * 4 + 3] = 255 * Math.min(1, Math.max(0, (t - 0.2) / 0.4));
   }
-  ctx.putImageData(pixels, 0, 0);
-  return canvas;
+  return new Uint32Array(bytes.buffer);
+})();
+
+// One canvas for the shown heatmap, read back on the CPU (willReadFrequently: no GPU
+// read-back), reused from verdict to verdict.
+const heatCanvas = document.createElement("canvas");
+const heatContext = heatCanvas.getContext("2d", { willReadFrequently: true });
+
+function colourise(bitmap) {
+  if (heatCanvas.width !== bitmap.width || heatCanvas.height !== bitmap.height) {
+    heatCanvas.width = bitmap.width;
+    heatCanvas.height = bitmap.height;
+  }
+  heatContext.clearRect(0, 0, bitmap.width, bitmap.height);
+  heatContext.drawImage(bitmap, 0, 0);
+  const pixels = heatContext.getImageData(0, 0, bitmap.width, bitmap.height);
+  const grey = pixels.data;
+  const out = new Uint32Array(grey.buffer);
+  for (let i = 0, p = 0; p < out.length; i += 4, p++) out[p] = HEAT_LUT[grey[i]];
+  heatContext.putImageData(pixels, 0, 0);
+  return heatCanvas;
 }
 
 function drawViewer() {
@@ -412,11 +508,13 @@ function drawViewer() {
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     return;
   }
-  const width = base.naturalWidth || base.width;
-  const height = base.naturalHeight || base.height;
-  canvas.width = width;
-  canvas.height = height;
+  const { width, height } = base;
+  if (canvas.width !== width || canvas.height !== height) {
+    canvas.width = width;
+    canvas.height = height;
+  }
   ctx.globalAlpha = 1;
+  ctx.clearRect(0, 0, width, height);
   if (viewer.image) ctx.drawImage(viewer.image, 0, 0, width, height);
   if (viewer.heat) {
     // The heatmap has the infer input's size, the image at most 512 px: stretched to fit.
@@ -632,6 +730,7 @@ function forgetRun() {
   state.shownSeq = null;
   state.alerts.clear();
   for (const entry of state.rois.values()) entry.scores = [];
+  if (viewer.image) viewer.image.close();
   Object.assign(viewer, { seq: null, image: null, heat: null });
   drawViewer();
   renderAlertBanner();
