@@ -52,7 +52,7 @@ DEFAULT_INPUT = 448  # Settings.input_size's default
 
 # Installed in the page before the measured infers: when each card (an ``li`` with the
 # verdict's seq) is first put in the list, the next frame after it, and when its image has
-# loaded. The list is rebuilt on every verdict, so only a seq's first card counts.
+# loaded. Only a seq's first card counts (a card put back in the list is not new).
 # performance.timeOrigin + performance.now() is wall-clock epoch ms, as time.time() is in
 # this process; browser and bench run on the same machine, so the two compare (the bench
 # checks the offset between them and reports it).
