@@ -5,19 +5,15 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from agent.replies import Reply
 from agent.results import HEATMAP_FIELD, InferBatchResult, InferResult, Result
 from engine.keys import is_topic_text
+from engine.memory import utc_now_iso
 from engine.preprocess import cv2_module
 
 MAX_TOPIC_BYTES = 65_535  # the MQTT length prefix of a topic name is two bytes
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -101,7 +97,7 @@ def envelope(reply: Reply, seq: int, extra: dict[str, Any] | None = None) -> dic
         "request_id": cmd.request_id,
         "recipe_id": cmd.recipe_id,
         "seq": seq,
-        "ts": utc_now(),
+        "ts": utc_now_iso(),
         "source": cmd.source,
     }
     head.update(extra or {})
@@ -126,7 +122,7 @@ def error_envelope(
         "request_id": request_id,
         "recipe_id": recipe_id,
         "seq": seq,
-        "ts": utc_now(),
+        "ts": utc_now_iso(),
         "source": "mqtt",
         "error": kind_code_message,
     }
