@@ -16,7 +16,7 @@ import pytest
 
 from adapters.mqtt.spool import REJECTED, Spool, spool_folder
 from adapters.mqtt.topics import json_payload
-from tests.adapters.conftest import broker, mqtt_agent  # noqa: F401
+from tests.adapters.conftest import broker, mqtt_agent, wait_connected  # noqa: F401
 from tests.adapters.mqtt_support import Broker, Client
 from tests.reliability.fault_support import wait_until
 from tests.reliability.isolation_support import MM, ROI, ask, b64, fit, replies_to, still_serving
@@ -101,7 +101,8 @@ def test_spooled_messages_that_cannot_be_published_are_moved_aside(
         still_serving(watcher, adapter, PREFIX, ok_pngs[5])
         adapter.stop()
         # A restart finds nothing to retry: the bad files stay aside.
-        _, again = mqtt_agent(fresh_broker.port, data_root=data, agent_id="line1")
+        restarted, again = mqtt_agent(fresh_broker.port, data_root=data, wait=False)
+        wait_connected(restarted, timeout=60)  # as every reconnect here: a loaded CI machine
         assert again.spool.size == 0 and again.spool.rejected == 0
     finally:
         watcher.close()
