@@ -11,7 +11,7 @@ import pytest
 from adapters.mqtt.adapter import MqttAdapter, create
 from agent.bootstrap import Agent
 from engine.features import FeatureExtractor
-from tests.adapters.mqtt_support import Broker
+from tests.adapters.mqtt_support import Broker, wait_connected
 from tests.adapters.test_folders_support import FolderAgents, folder_agents, small_extractor
 
 
@@ -51,16 +51,6 @@ def mqtt_agent(
     yield make
     for adapter in adapters:
         adapter.stop()
-
-
-def wait_connected(agent: Agent, timeout: float = 20, state: str = "connected") -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while agent.bus.mqtt_state != state:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"MQTT state is {agent.bus.mqtt_state}, wanted {state}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")

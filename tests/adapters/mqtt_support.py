@@ -169,3 +169,12 @@ class Client:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def wait_connected(agent: Any, timeout: float = 20, state: str = "connected") -> None:
+    """Until the agent's MQTT state is ``state`` (an ``agent.bootstrap.Agent``)."""
+    deadline = time.monotonic() + timeout
+    while agent.bus.mqtt_state != state:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"MQTT state is {agent.bus.mqtt_state}, wanted {state}")
+        time.sleep(0.05)

@@ -39,7 +39,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from tests.adapters.mqtt_support import Broker, Client
+from tests.adapters.mqtt_support import Broker, Client, wait_connected
 from tests.bench._agent_setup import bench_agent, infer_payload, test_pngs
 from tests.bench._compare import emit_met, ratio
 from tests.bench._measure import median, percentile
@@ -131,7 +131,7 @@ def main(quick: bool = False) -> None:
     plc = StampedClient(broker.port)
     pngs = test_pngs(6, size=size)
     try:
-        _wait_connected(agent)
+        wait_connected(agent, timeout=30)
         warm = [_infer(plc, pngs[i % len(pngs)])[0] for i in range(6)][2:]
         # The line's cycle: half as long again as the slowest warm infer.
         period = max(0.25, 1.5 * max(warm) / 1000)
@@ -158,14 +158,6 @@ def _chromium() -> str:
     if not path:
         raise RuntimeError("chromium is not installed: `make bench` installs it (apt-get)")
     return path
-
-
-def _wait_connected(agent: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while agent.bus.mqtt_state != "connected":
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"MQTT state stayed {agent.bus.mqtt_state}")
-        time.sleep(0.02)
 
 
 def _infer(plc: StampedClient, png: bytes) -> tuple[float, float]:

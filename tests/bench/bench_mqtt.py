@@ -14,7 +14,7 @@ from pathlib import Path
 
 from adapters.mqtt.adapter import create
 from adapters.mqtt.spool import Spool
-from tests.adapters.mqtt_support import Broker, Client
+from tests.adapters.mqtt_support import Broker, Client, wait_connected
 from tests.bench._agent_setup import (
     bench_agent,
     engine_infer,
@@ -29,14 +29,6 @@ from tests.bench._report import emit, emit_target, log
 PREFIX = "bdi/bench"
 
 
-def wait_state(agent, state: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while agent.bus.mqtt_state != state:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"MQTT state stayed {agent.bus.mqtt_state}")
-        time.sleep(0.02)
-
-
 def main(quick: bool = False) -> None:
     runs = 8 if quick else 30
     work = Path(tempfile.mkdtemp(prefix="bdi-bench-mqtt-"))
@@ -47,7 +39,7 @@ def main(quick: bool = False) -> None:
     )
     adapter = create(agent.settings, agent)
     adapter.start()
-    wait_state(agent, "connected")
+    wait_connected(agent, timeout=30)
     plc = Client(broker.port, client_id="bench-plc", subscribe=(f"{PREFIX}/result/#",))
     try:
         png = test_pngs(1)[0]
@@ -123,7 +115,7 @@ def main(quick: bool = False) -> None:
     flusher = create(spool_agent.settings, spool_agent)
     start = time.perf_counter()
     flusher.start()
-    wait_state(spool_agent, "connected", timeout=600)
+    wait_connected(spool_agent, timeout=600)
     flush_s = time.perf_counter() - start
     emit(
         "mqtt.spool_flush", messages=n_spool, per_second=n_spool / flush_s, left=flusher.spool.size
