@@ -32,12 +32,11 @@ from adapters.mqtt.topics import envelope, json_payload
 from agent.bootstrap import Agent
 from agent.parsing import parse_command
 from agent.replies import Reply
-from tests.adapters.mqtt_support import Broker, free_port
+from tests.adapters.mqtt_support import Broker, free_port, wait_connected
 from tests.bench._agent_setup import ROI, b64, bench_agent, infer_payload, test_pngs
 from tests.bench._compare import emit_met, ratio
 from tests.bench._measure import median, percentile
 from tests.bench._report import emit, log
-from tests.bench.bench_mqtt import wait_state
 
 SIZE = 224
 FIT_IMAGES = 30
@@ -100,7 +99,7 @@ def broker_down_vs_up(runs: int) -> None:
         agents.append(_mqtt_agent(broker.port, "up"))
         agents.append(_mqtt_agent(free_port(), "down"))  # nothing listens there
         (up, up_adapter, _), (down, down_adapter, _) = agents
-        wait_state(up, "connected")
+        wait_connected(up, timeout=30)
         pngs = test_pngs(8, size=SIZE)
         for i in range(3):  # warm-up: kernels and allocator pools of both
             _timed_infer(up, up_adapter, pngs[i])
