@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from tests.bench._compare import ratio
 from tests.bench._engine_worker import WorkerFailed, run_worker
 from tests.bench._metrics import coverage
 from tests.bench._report import emit, emit_target, log
@@ -171,7 +172,7 @@ def _compare(
     context: dict[str, Any] = {"rate": rate, "patches": source.rows, "baseline": baseline}
     emit_target(
         "engine.coreset.speedup",
-        _ratio(base.ms if base else None, ours.ms if ours else None),
+        ratio(base.ms if base else None, ours.ms if ours else None),
         ">=",
         TARGET_SPEEDUP,
         "x",
@@ -190,23 +191,17 @@ def _compare(
     )
     emit_target(
         "engine.coreset.radius_ratio",
-        _ratio(ours.radius if ours else None, base.radius if base else None),
+        ratio(ours.radius if ours else None, base.radius if base else None),
         "<=",
         TARGET_RADIUS_RATIO,
         "ratio",
         ours_radius=ours.radius if ours else None,
         baseline_radius=base.radius if base else None,
-        mean_distance_ratio=_ratio(
+        mean_distance_ratio=ratio(
             ours.mean_distance if ours else None, base.mean_distance if base else None
         ),
         **context,
     )
-
-
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if numerator is None or not denominator:
-        return None
-    return numerator / denominator
 
 
 def _projection_choice(selections: list[Selection], base: Selection | None) -> None:
@@ -219,7 +214,7 @@ def _projection_choice(selections: list[Selection], base: Selection | None) -> N
             ms=sel.ms,
             radius=sel.radius,
             mean_distance=sel.mean_distance,
-            radius_vs_baseline=_ratio(sel.radius, base.radius if base else None),
+            radius_vs_baseline=ratio(sel.radius, base.radius if base else None),
             rss_growth_mib=sel.rss_growth_mib,
             baseline=base.method if base else None,
         )

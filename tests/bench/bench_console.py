@@ -338,8 +338,8 @@ def _bench_cost(
             inference_p50_ms={"none": _p(infers[0], 0.5), label: _p(infers[count], 0.5)},
             inference_p95_ms={"none": none_infer, label: _p(infers[count], 0.95)},
             round_trip_p95_ms={"none": none_trip, label: _p(trips[count], 0.95)},
-            round_trip_p95_ratio=_ratio(_p(trips[count], 0.95), none_trip),
-            inference_p50_ratio=_ratio(_p(infers[count], 0.5), _p(infers[0], 0.5)),
+            round_trip_p95_ratio=ratio(_p(trips[count], 0.95), none_trip),
+            inference_p50_ratio=ratio(_p(infers[count], 0.5), _p(infers[0], 0.5)),
             browser_cpu_ms_per_infer={
                 "none": per_infer[0]["browser"],
                 label: per_infer[count]["browser"],
@@ -351,14 +351,14 @@ def _bench_cost(
         )
         emit_met(
             f"console.infer_p95_ratio_{label}",
-            _ratio(_p(infers[count], 0.95), none_infer),
+            ratio(_p(infers[count], 0.95), none_infer),
             "<=",
             TARGET_INFER_P95_RATIO,
             "x",
             method="p95 of the replies' inference_ms, open vs none, phases interleaved",
             # Less noisy than the ratio on a loaded machine: the browser's CPU per verdict
             # against the agent's per infer, which it competes with on shared cores.
-            browser_cpu_share=_ratio(per_infer[count]["browser"], per_infer[count]["agent"]),
+            browser_cpu_share=ratio(per_infer[count]["browser"], per_infer[count]["agent"]),
         )
 
 
@@ -401,7 +401,3 @@ def _browser_cpu() -> dict[int, float]:
 
 def _p(values: list[float], q: float) -> float | None:
     return percentile(values, q) if values else None
-
-
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
-    return None if numerator is None or denominator is None else ratio(numerator, denominator)
